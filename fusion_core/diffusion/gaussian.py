@@ -1,0 +1,155 @@
+"""Gaussian diffusion math: forward noising, the three training targets and conversions, timestep
+sampling with noise limiting, loss weighting and the training loss. Plain math, no ``nn.Module``.
+
+Notation (Ho et al. 2020; Salimans & Ho 2022 for v): ``a_t = sqrt(alphas_cumprod[t])``,
+``s_t = sqrt(1 - alphas_cumprod[t])``, ``x_t = a_t x0 + s_t eps``, ``v = a_t eps - s_t x0``.
+
+Transfusion (sec. 3.2) trains eps-prediction with one ``t`` per image and caps ``t <= 500`` for
+images that precede their caption (noise limiting, sec. 4.4); TransFusion (sec. 3) uses
+v-prediction. Both: cosine schedule, ``T = 1000``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .schedules import make_schedule
+
+PREDICTIONS = ("eps", "x0", "v")
+WEIGHTINGS = ("uniform", "min_snr")
+
+#: ``denoise(x_t, t) -> prediction``: ``x_t`` any shape ``(B, ...)``, ``t`` ``(B,)`` long.
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+def _bcast(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """Gather ``values[t]`` and shape it ``(B, 1, ..., 1)`` to broadcast against ``like``."""
+    out = values.to(like.device)[t.to(like.device)].to(like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class GaussianDiffusion:
+    """The diffusion process of one continuous modality.
+
+    Args:
+        schedule: name of a schedule (see :mod:`.schedules`) or an ``alphas_cumprod`` array.
+        T: number of diffusion steps.
+        prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+    """
+
+    def __init__(self, schedule: str | np.ndarray = "cosine", T: int = 1000, prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        ac = make_schedule(schedule, T) if isinstance(schedule, str) else np.asarray(schedule, np.float64)
+        if ac.ndim != 1 or not np.all((ac > 0) & (ac <= 1)) or np.any(np.diff(ac) > 0):
+            raise ValueError("alphas_cumprod must be a decreasing 1-D array in (0, 1]")
+        self.prediction = prediction
+        self.alphas_cumprod = torch.from_numpy(ac)  # float64, (T,)
+        self.T = len(ac)
+        self.sqrt_ac = self.alphas_cumprod.sqrt()
+        self.sqrt_1m_ac = (1 - self.alphas_cumprod).sqrt()
+
+    # -- forward process -----------------------------------------------------------------
+    def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``a_t, s_t`` shaped to broadcast with ``like``; ``t = -1`` means no noise (1, 0)."""
+        t = t.long()
+        a = torch.cat([self.sqrt_ac, self.sqrt_ac.new_ones(1)])  # index -1 → 1
+        s = torch.cat([self.sqrt_1m_ac, self.sqrt_1m_ac.new_zeros(1)])
+        return _bcast(a, t, like), _bcast(s, t, like)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Sample ``x_t ~ q(x_t | x0)`` given the noise: ``a_t x0 + s_t eps``."""
+        a, s = self.alpha_sigma(t, x0)
+        return a * x0 + s * noise
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """The regression target of ``self.prediction``."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        a, s = self.alpha_sigma(t, x0)
+        return a * noise - s * x0
+
+    # -- conversions (exact, for a given x_t) ---------------------------------------------
+    def to_x0_eps(self, x_t: Tensor, t: Tensor, pred: Tensor, prediction: str | None = None
+                  ) -> tuple[Tensor, Tensor]:
+        """Any prediction → ``(x0, eps)``."""
+        prediction = prediction or self.prediction
+        a, s = self.alpha_sigma(t, x_t)
+        if prediction == "eps":
+            return (x_t - s * pred) / a, pred
+        if prediction == "x0":
+            return pred, (x_t - a * pred) / s
+        if prediction == "v":  # a^2 + s^2 = 1
+            return a * x_t - s * pred, s * x_t + a * pred
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+    def convert(self, x_t: Tensor, t: Tensor, pred: Tensor, to: str, prediction: str | None = None
+                ) -> Tensor:
+        """Convert a prediction of one parameterization into another (``eps``, ``x0`` or ``v``)."""
+        x0, eps = self.to_x0_eps(x_t, t, pred, prediction)
+        if to == "x0":
+            return x0
+        if to == "eps":
+            return eps
+        if to == "v":
+            a, s = self.alpha_sigma(t, x_t)
+            return a * eps - s * x0
+        raise ValueError(f"to must be one of {PREDICTIONS}, got {to!r}")
+
+    # -- training --------------------------------------------------------------------------
+    def sample_timesteps(self, n: int, max_t: Tensor | int | None = None, generator=None,
+                         device=None) -> Tensor:
+        """Uniform ``t`` in ``[0, max_t]`` (inclusive) per sample; ``max_t`` defaults to ``T - 1``.
+
+        ``max_t`` can be a ``(n,)`` tensor: Transfusion's noise limiting caps ``t <= 500`` only for
+        images that precede their caption.
+        """
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        hi = torch.full((n,), self.T - 1, dtype=torch.long, device=u.device)
+        if max_t is not None:
+            hi = torch.minimum(hi, torch.as_tensor(max_t, device=u.device).long().expand(n))
+            if bool((hi < 0).any()):
+                raise ValueError("max_t must be >= 0")
+        return (u * (hi + 1).double()).floor().long().clamp_max(hi)
+
+    def snr(self, t: Tensor) -> Tensor:
+        ac = self.alphas_cumprod[t.long().cpu()]
+        return (ac / (1 - ac)).to(t.device)
+
+    def loss_weight(self, t: Tensor, weighting: str = "uniform", gamma: float = 5.0) -> Tensor:
+        """Per-sample weight ``(B,)``. ``min_snr`` (Hang et al. 2023): the eps/x0/v-space
+        equivalent of weighting the x0 error by ``min(SNR, gamma)``."""
+        if weighting == "uniform":
+            return torch.ones(t.shape, device=t.device)
+        if weighting != "min_snr":
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        snr = self.snr(t)
+        clipped = snr.clamp(max=gamma)
+        w = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
+        return w.float()
+
+    def training_loss(self, denoise: Denoiser, x0: Tensor, t: Tensor | None = None,
+                      noise: Tensor | None = None, max_t=None, weighting: str = "uniform",
+                      generator=None) -> Tensor:
+        """Per-sample MSE ``(B,)`` between the model's prediction and its target.
+
+        Args:
+            denoise: the model, ``denoise(x_t, t) -> prediction``.
+            x0: clean data ``(B, ...)``.
+            t: ``(B,)`` steps; sampled (with ``max_t``) when omitted.
+            noise: the Gaussian noise; sampled when omitted.
+        """
+        B = x0.shape[0]
+        if t is None:
+            t = self.sample_timesteps(B, max_t, generator=generator, device=x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = self.q_sample(x0, t, noise)
+        err = (denoise(x_t, t) - self.target(x0, noise, t)).pow(2)
+        return err.reshape(B, -1).mean(1) * self.loss_weight(t, weighting)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+from hypothesis import given, settings
+
+from fusion_core.attention import BackendUnavailable, attend, resolve_backend
+from fusion_core.masks import AttentionMask
+from layouts import layouts, naive_rule
+
+CPU = torch.device("cpu")
+
+
+def naive_attention(q, k, v, allowed):
+    """softmax(q k^T / sqrt(d)) v with a boolean (B, L, L) mask, the textbook way."""
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def _qkv(layout, H=2, D=8, requires_grad=False):
+    B, L = layout.batch_size, layout.seq_len
+    return [torch.randn(B, H, L, D, dtype=torch.float64, requires_grad=requires_grad) for _ in range(3)]
+
+
+@given(layouts())
+def test_sdpa_forward_and_gradients_match_naive_softmax(layout):
+    q, k, v = _qkv(layout, requires_grad=True)
+    real = ~layout.padding
+    out = attend(q, k, v, AttentionMask.from_layout(layout), "sdpa")
+    # a fixed random projection of the real positions, so every gradient path is exercised
+    w = torch.randn_like(out)
+    (out * w)[real[:, None].expand_as(out[..., 0])].sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    allowed = naive_rule(layout) | (layout.padding[:, :, None] & torch.eye(layout.seq_len, dtype=torch.bool))
+    ref = naive_attention(q, k, v, allowed)
+    (ref * w)[real[:, None].expand_as(ref[..., 0])].sum().backward()
+    m = real[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[m], ref[m])
+    for g, t in zip(grads, (q, k, v)):
+        torch.testing.assert_close(g, t.grad)
+
+
+@settings(max_examples=15)
+@given(layouts())
+def test_flex_forward_matches_sdpa_on_cpu(layout):
+    q, k, v = (t.float() for t in _qkv(layout))
+    mask = AttentionMask.from_layout(layout)
+    with torch.no_grad():
+        a = attend(q, k, v, mask, "sdpa")
+        b = attend(q, k, v, mask, "flex")
+    real = (~layout.padding)[:, None, :, None].expand_as(a)
+    torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["causal", "full"])
+def test_fast_paths_equal_explicit_masks(kind):
+    B, L = 2, 9
+    doc = torch.zeros(B, L, dtype=torch.long)
+    span = torch.zeros(B, L, dtype=torch.long) if kind == "full" else torch.full((B, L), -1)
+    q, k, v = (torch.randn(B, 2, L, 8) for _ in range(3))
+    fast = attend(q, k, v, AttentionMask(kind), "sdpa")
+    explicit = attend(q, k, v, AttentionMask("mixed", doc, span), "sdpa")
+    torch.testing.assert_close(fast, explicit)
+    with torch.no_grad():
+        torch.testing.assert_close(attend(q, k, v, AttentionMask(kind), "flex"), fast, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_picks_sdpa_on_cpu_and_flex_for_mixed_cuda():
+    assert resolve_backend("auto", CPU, "mixed", needs_grad=True) == "sdpa"
+    assert resolve_backend("auto", torch.device("cuda"), "mixed", needs_grad=True) == "flex"
+    assert resolve_backend("auto", torch.device("cuda"), "causal", needs_grad=True) == "sdpa"
+
+
+def test_unavailable_backends_fail_loudly_with_reason():
+    with pytest.raises(BackendUnavailable, match="no backward on CPU"):
+        resolve_backend("flex", CPU, "mixed", needs_grad=True)
+    assert resolve_backend("flex", CPU, "mixed", needs_grad=False) == "flex"
+    with pytest.raises(BackendUnavailable, match="only on CUDA"):
+        resolve_backend("xformers", CPU, "mixed", needs_grad=False)
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        resolve_backend("flash", CPU, "mixed", needs_grad=False)
+
+
+def test_flex_with_grad_on_cpu_raises_instead_of_falling_back():
+    q, k, v = (torch.randn(1, 1, 4, 8, requires_grad=True) for _ in range(3))
+    with pytest.raises(BackendUnavailable, match="use attn_impl='sdpa'"):
+        attend(q, k, v, AttentionMask.causal(), "flex")

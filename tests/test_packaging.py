@@ -1,0 +1,42 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import fusion_core
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_installed_names_import():
+    import fusion_core.diffusion
+    import fusion_core.modalities
+    import fusion_core.recipes
+
+    assert Path(fusion_core.modalities.__file__).parent == ROOT / "modalities"
+    assert Path(fusion_core.recipes.__file__).parent == ROOT / "recipes"
+    assert fusion_core.diffusion.GaussianDiffusion
+
+
+def test_top_level_names_are_not_claimed(tmp_path):
+    # `import modalities` / `import recipes` must not resolve to this project (PyPI has both
+    # names). Ask a fresh interpreter outside the checkout, so the cwd is not on sys.path.
+    code = (
+        "import importlib.util, sys\n"
+        "for n in ('modalities', 'recipes'):\n"
+        "    s = importlib.util.find_spec(n)\n"
+        "    print(n, s.origin if s else None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout
+    for line in out.splitlines():
+        name, origin = line.split(" ", 1)
+        assert origin == "None" or not Path(origin).resolve().is_relative_to(ROOT), (
+            f"`import {name}` resolves into this repository: {origin}"
+        )
+
+
+def test_core_never_imports_adapters_or_recipes():
+    for path in (ROOT / "fusion_core").rglob("*.py"):
+        text = path.read_text()
+        for bad in ("fusion_core.modalities.", "fusion_core.recipes", "from ..modalities"):
+            assert bad not in text, f"{path} imports {bad}: core must not depend on adapters/recipes"
