@@ -12,7 +12,9 @@ from .sampler import Sampler, StepOutput, _noise_like
 
 
 class DDIMSampler(Sampler):
-    def __init__(self, diffusion, steps=None, spacing="trailing", clip_x0=None, eta: float = 0.0):
+    default_spacing = "linspace"
+
+    def __init__(self, diffusion, steps=None, spacing=None, clip_x0=None, eta: float = 0.0):
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta = eta

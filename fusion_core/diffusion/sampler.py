@@ -32,14 +32,20 @@ class Sampler(ABC):
     Args:
         diffusion: the process (schedule and prediction type) the model was trained with.
         steps: how many model evaluations; ``None`` = all ``T``.
-        spacing: how to choose the visited steps (:func:`.respacing.respace`).
+        spacing: how to choose the visited steps (:func:`.respacing.respace`); default is the
+            class's ``default_spacing``. ODE solvers visit ``t = 0`` last ("linspace"): jumping to
+            clean data from a noisier step collapses the variance of narrow distributions.
         clip_x0: clamp predicted x0 to ``[-clip_x0, clip_x0]`` (TransFusion clips to [-1, 1]).
     """
 
+    default_spacing = "trailing"
+
     def __init__(self, diffusion: GaussianDiffusion, steps: int | None = None,
-                 spacing: str = "trailing", clip_x0: float | None = None):
+                 spacing: str | None = None, clip_x0: float | None = None):
         self.diffusion = diffusion
-        self.timesteps = torch.from_numpy(respace(diffusion.T, steps, spacing))
+        spacing = spacing or self.default_spacing
+        self.timesteps = torch.from_numpy(
+            respace(diffusion.T, steps, spacing, diffusion.alphas_cumprod.numpy()))
         self.clip_x0 = clip_x0
         self.reset()
 
