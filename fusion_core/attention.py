@@ -115,6 +115,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, backend: str = 
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), dropout_p=dropout_p)
     if backend == "flex":
+        if not needs_grad:  # flex checks requires_grad, not grad mode, before refusing CPU
+            q, k, v = q.detach(), k.detach(), v.detach()
         if mask.kind == "full":
             block_mask = None
         elif mask.kind == "causal":
