@@ -273,7 +273,7 @@ class Transformer(nn.Module):
         return self._finish(h, cond)
 
     @torch.no_grad()
-    def forward_cached(self, h: Tensor, cache: "KVCache", block: str = "causal",
+    def forward_cached(self, h: Tensor, cache: "KVCache", block: str | Tensor = "causal",
                        commit: bool = True, cond: Tensor | None = None,
                        positions: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
         """Run ``n`` new positions against the cached prefix (inference only).
@@ -281,15 +281,22 @@ class Transformer(nn.Module):
         Args:
             h: ``(B, n, D)`` embeddings of the new positions.
             cache: the prefix's keys and values; advanced by ``n`` when ``commit``.
-            block: attention among the new positions, ``"causal"`` or ``"bidirectional"``; they
-                always see every valid cached position.
+            block: attention among the new positions, ``"causal"``, ``"bidirectional"``, or a
+                ``(B, n)`` long tensor of span ids (-1 = causal; positions with the same id >= 0
+                attend to each other, as in a layout). They always see every valid cached position.
             commit: write the new keys/values into the cache.
             positions: ``(B, n)`` RoPE positions; default continues from the cache.
             valid: ``(B, n)`` bool, False for padding (e.g. left-padded prompts); default all True.
         """
-        if block not in ("causal", "bidirectional"):
-            raise ValueError(f"block must be 'causal' or 'bidirectional', got {block!r}")
         B, n, _ = h.shape
+        if isinstance(block, Tensor):
+            if block.shape != (B, n):
+                raise ValueError(f"block span ids must have shape {(B, n)}, got {tuple(block.shape)}")
+            block_span = block.to(h.device).long()
+        elif block in ("causal", "bidirectional"):
+            block_span = torch.full((B, n), 0 if block == "bidirectional" else -1, device=h.device)
+        else:
+            raise ValueError(f"block must be 'causal', 'bidirectional' or a span-id tensor, got {block!r}")
         self._check(h, cond, n)
         start = cache.length
         if start + n > cache.max_len:
@@ -302,9 +309,7 @@ class Transformer(nn.Module):
             valid = torch.ones(B, n, dtype=torch.bool, device=h.device)
         # the rule over [prefix, block]: one document (-1 where not valid), block = one span
         doc = torch.where(torch.cat([cache.valid[:, :start], valid], dim=1), 0, -1)
-        span = torch.full_like(doc, -1)
-        if block == "bidirectional":
-            span[:, start:] = 0
+        span = torch.cat([torch.full((B, start), -1, device=h.device, dtype=torch.long), block_span], 1)
         mask = dense_mask(doc, span, q_offset=start)  # B 1 n (start + n)
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):

@@ -155,7 +155,7 @@ def test_cache_overflow_and_bad_block_are_rejected():
     cache = m.new_cache(1, 4)
     with pytest.raises(ValueError, match="KV cache full"):
         m.forward_cached(torch.randn(1, 5, 32, dtype=torch.float64), cache)
-    with pytest.raises(ValueError, match="'causal' or 'bidirectional'"):
+    with pytest.raises(ValueError, match="'causal', 'bidirectional' or a span-id tensor"):
         m.forward_cached(torch.randn(1, 1, 32, dtype=torch.float64), cache, block="full")
 
 

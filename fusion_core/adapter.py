@@ -1,0 +1,102 @@
+"""The adapter protocol: how one modality's data becomes backbone positions and comes back.
+
+Transfusion (sec. 3.1–3.2) puts modality-specific layers at the edges of a shared transformer:
+an embedding and LM head for text; linear or U-Net patch layers for images. TransFusion's
+linear in/out layers for time series are the same thing. An adapter is such a pair of edges plus
+the conversions between the user's data and the space the loss is defined in:
+
+    raw ──encode──▶ payload ──embed──▶ (n, D) positions ──backbone──▶ (n, D) ──head──▶ prediction
+    raw ◀──decode── payload
+
+``kind`` picks the loss: ``"discrete"`` → next-token cross-entropy over ``vocab_size`` logits;
+``"continuous"`` → diffusion loss, where ``embed`` receives the *noisy* payload and its timestep and
+``head`` returns the eps/x0/v prediction in payload shape. ``attention`` is how the positions of one
+segment attend to each other. Adapters own their special tokens (BOI/EOI of each continuous
+modality belong to the discrete adapter's vocabulary).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from torch import Tensor, nn
+
+from .layout import check_modality
+
+
+@dataclass
+class Embedded:
+    """What :meth:`Adapter.embed` returns for the payloads of one modality in one batch.
+
+    Attributes:
+        tokens: ``(N, D)``, the positions of every payload, concatenated in order.
+        cond: optional ``(N, C)`` per-position conditioning for the backbone's adaLN.
+        context: anything :meth:`Adapter.head` needs (shapes, U-Net skip features, ...).
+    """
+
+    tokens: Tensor
+    cond: Tensor | None = None
+    context: Any = None
+
+
+class Adapter(nn.Module, ABC):
+    """Base class of modality adapters. Subclasses set the three class attributes (or instance
+    attributes in ``__init__``) and implement the five methods.
+
+    Attributes:
+        name: the modality's name in layouts and batches.
+        kind: ``"discrete"`` or ``"continuous"``.
+        attention: ``"causal"`` or ``"bidirectional"`` among one segment's positions.
+        dim: backbone width D.
+    """
+
+    name: str = ""
+    kind: str = "continuous"
+    attention: str = "bidirectional"
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def check(self) -> None:
+        """Validate the declared attributes (called by FusionModel)."""
+        if not self.name:
+            raise ValueError(f"{type(self).__name__} declares no name")
+        check_modality(self)
+        if self.kind == "discrete" and not isinstance(getattr(self, "vocab_size", None), int):
+            raise ValueError(f"discrete adapter {self.name!r} must define an int vocab_size")
+
+    # -- the protocol ---------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, raw: Any) -> Tensor:
+        """User data → payload (validated). Raise ``ValueError`` naming what was expected."""
+
+    @abstractmethod
+    def num_positions(self, payload: Tensor) -> int:
+        """How many backbone positions ``payload`` occupies."""
+
+    @abstractmethod
+    def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
+        """Payloads (noisy ones for continuous adapters, with their steps ``t`` ``(n,)``) →
+        backbone inputs."""
+
+    @abstractmethod
+    def head(self, hidden: Tensor, embedded: Embedded) -> Tensor | list[Tensor]:
+        """Backbone outputs ``(N, D)`` → logits ``(N, vocab_size)`` (discrete) or one prediction
+        per payload in payload shape (continuous)."""
+
+    @abstractmethod
+    def decode(self, payload: Tensor) -> Any:
+        """Payload → user data."""
+
+    # -- optional ---------------------------------------------------------------------------
+    def drop_condition(self, payload: Tensor) -> Tensor:
+        """Discrete adapters: the payload of a segment with its conditioning content removed,
+        for classifier-free-guidance dropout (default: keep only the last token, which is the
+        begin-of-modality marker that precedes a continuous span)."""
+        return payload[-1:]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, kind={self.kind!r}, attention={self.attention!r}"

@@ -1,0 +1,386 @@
+"""FusionModel: one backbone, a dict of modality adapters, and a diffusion process per continuous
+modality.
+
+Transfusion (sec. 3.3): ``L = L_LM + lambda * L_DDPM`` with ``lambda = 5``; L_LM is the mean
+next-token cross-entropy over text positions, L_DDPM the mean over images of each image's
+noise-prediction MSE, with one timestep per image. No LM loss where the next position is not a
+token of the same modality (the BOI position predicts an image, not a token). Noise limiting
+(sec. 4.4) caps an image's timestep when the batch marks it (``Item.max_t``).
+
+TransFusion (Sikder et al.) is this model with a single continuous adapter and one bidirectional
+span per example — the same class, no second model.
+
+Shapes: B rows, L positions, D width, N positions of one modality, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .adapter import Adapter, Embedded
+from .diffusion import GaussianDiffusion, Sampler, batched_pair, classifier_free_guidance
+from .layout import Segment, SequenceLayout, build_layout
+from .transformer import KVCache, Transformer, TransformerArgs
+
+
+@dataclass
+class Item:
+    """One segment of a training or prompt example, already encoded by its adapter.
+
+    Attributes:
+        modality: adapter name.
+        payload: the adapter's payload (token ids, scaled image, scaled window).
+        max_t: for continuous items, the largest diffusion step to sample (noise limiting).
+    """
+
+    modality: str
+    payload: Tensor
+    max_t: int | None = None
+
+
+@dataclass
+class Batch:
+    examples: list[list[Item]]
+    layout: SequenceLayout
+
+
+@dataclass
+class LossOutput:
+    """``loss`` is the weighted total; ``parts`` the unweighted per-modality means (CE for
+    discrete, MSE for continuous); ``counts`` how many targets (tokens) or spans each averaged;
+    ``timesteps`` the diffusion step of every continuous span."""
+
+    loss: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    timesteps: dict[str, Tensor] = field(default_factory=dict)  # per continuous span
+
+
+class FusionModel(nn.Module):
+    """Backbone + adapters + diffusion processes.
+
+    Args:
+        backbone: a :class:`Transformer` or its :class:`TransformerArgs`.
+        adapters: adapters keyed by name (or a list; their ``name`` is used).
+        diffusion: a process per continuous modality, or one for all (default: cosine, T = 1000,
+            eps-prediction, as in Transfusion).
+        diffusion_weight: lambda, the weight of each continuous modality's loss (5 in the paper).
+        loss_weights: per-modality overrides of the weights (discrete default 1).
+        cond_dropout: probability, per example in training, of replacing the discrete segments
+            before its first continuous span with their ``drop_condition`` version (CFG training).
+    """
+
+    def __init__(self, backbone: Transformer | TransformerArgs,
+                 adapters: Mapping[str, Adapter] | Sequence[Adapter],
+                 diffusion: Mapping[str, GaussianDiffusion] | GaussianDiffusion | None = None,
+                 diffusion_weight: float = 5.0, loss_weights: Mapping[str, float] | None = None,
+                 cond_dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone if isinstance(backbone, Transformer) else Transformer(backbone)
+        if not isinstance(adapters, Mapping):
+            adapters = {a.name: a for a in adapters}
+        if not adapters:
+            raise ValueError("FusionModel needs at least one adapter")
+        D = self.backbone.args.dim
+        for key, a in adapters.items():
+            if not isinstance(a, Adapter):
+                raise ValueError(f"adapter {key!r} is a {type(a).__name__}, expected an Adapter")
+            a.check()
+            if a.name != key:
+                raise ValueError(f"adapter registered as {key!r} is named {a.name!r}")
+            if a.dim != D:
+                raise ValueError(f"adapter {key!r} has dim {a.dim}, the backbone {D}")
+        self.adapters = nn.ModuleDict(dict(adapters))
+        continuous = [n for n, a in adapters.items() if a.kind == "continuous"]
+        if diffusion is None or isinstance(diffusion, GaussianDiffusion):
+            diffusion = {n: diffusion or GaussianDiffusion("cosine", 1000, "eps") for n in continuous}
+        missing = set(continuous) - set(diffusion)
+        if missing:
+            raise ValueError(f"no diffusion process for continuous modalities {sorted(missing)}")
+        self.diffusion = dict(diffusion)
+        self.loss_weights = {n: (diffusion_weight if a.kind == "continuous" else 1.0)
+                             for n, a in adapters.items()}
+        for n, w in (loss_weights or {}).items():
+            if n not in adapters:
+                raise ValueError(f"loss_weights names unknown modality {n!r}; known: {sorted(adapters)}")
+            self.loss_weights[n] = float(w)
+        if not 0 <= cond_dropout < 1:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.cond_dropout = cond_dropout
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.args.dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def adapter(self, name: str) -> Adapter:
+        if name not in self.adapters:
+            raise ValueError(f"unknown modality {name!r}; this model has {sorted(self.adapters)}")
+        return self.adapters[name]
+
+    # -- batches ------------------------------------------------------------------------------
+    def collate(self, examples: Sequence[Sequence[Item]], max_len: int | None = None,
+                pack: bool = False, pad_to_multiple: int = 1, rng: random.Random | None = None
+                ) -> Batch:
+        """Lay out encoded examples. In training mode, applies CFG condition dropout (with
+        ``rng``, for reproducibility)."""
+        examples = [list(ex) for ex in examples]
+        for i, ex in enumerate(examples):
+            for j, item in enumerate(ex):
+                if not isinstance(item, Item):
+                    raise ValueError(f"example {i}, segment {j}: expected an Item, got {type(item).__name__}")
+                self.adapter(item.modality)
+        if self.training and self.cond_dropout > 0:
+            rng = rng or random.Random()
+            examples = [self._drop_condition(ex) if rng.random() < self.cond_dropout else ex
+                        for ex in examples]
+        segments = [[Segment(it.modality, self.adapters[it.modality].num_positions(it.payload),
+                             it.payload) for it in ex] for ex in examples]
+        layout = build_layout(segments, self.adapters, max_len=max_len, pack=pack,
+                              pad_to_multiple=pad_to_multiple, device=self.device)
+        return Batch(examples, layout)
+
+    def _drop_condition(self, example: list[Item]) -> list[Item]:
+        first = next((j for j, it in enumerate(example)
+                      if self.adapters[it.modality].kind == "continuous"), None)
+        if not first:  # no continuous span, or nothing before it
+            return example
+        dropped = [Item(it.modality, self.adapters[it.modality].drop_condition(it.payload), it.max_t)
+                   if self.adapters[it.modality].kind == "discrete" else it
+                   for it in example[:first]]
+        return [it for it in dropped if it.payload.numel() > 0] + example[first:]
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
+        return self.loss(batch, generator)
+
+    def loss(self, batch: Batch, generator: torch.Generator | None = None,
+             t: Mapping[str, Tensor] | None = None,
+             noise: Mapping[str, Sequence[Tensor]] | None = None) -> LossOutput:
+        """Total loss and its per-modality parts for one laid-out batch.
+
+        Args:
+            batch: from :meth:`collate`.
+            generator: draws each continuous span's step (respecting its ``max_t``) and noise.
+            t, noise: optional fixed steps ``(n_spans,)`` and noises (one per span) per
+                continuous modality, in placement order (evaluation on a fixed grid, tests).
+        """
+        layout = batch.layout
+        payloads = self._payloads(batch)
+        embedded, targets, steps = {}, {}, {}
+        for name, items in payloads.items():
+            a = self.adapters[name]
+            x = [it.payload.to(self.device) for it in items]
+            if a.kind == "continuous":
+                diff = self.diffusion[name]
+                n = len(x)
+                if t is not None and name in t:
+                    steps[name] = torch.as_tensor(t[name]).long().to(self.device)
+                else:
+                    max_t = torch.tensor([diff.T - 1 if it.max_t is None else it.max_t for it in items])
+                    steps[name] = diff.sample_timesteps(n, max_t, generator=generator).to(self.device)
+                tt = steps[name]
+                if noise is not None and name in noise:
+                    eps = [e.to(self.device) for e in noise[name]]
+                else:
+                    eps = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(self.device)
+                           for p in x]
+                if len(eps) != n or tt.shape != (n,):
+                    raise ValueError(f"{name!r}: need {n} steps and noises, got {tuple(tt.shape)} and {len(eps)}")
+                x_t = [diff.q_sample(p[None], tt[i : i + 1], e[None])[0] for i, (p, e) in enumerate(zip(x, eps))]
+                targets[name] = [diff.target(p[None], e[None], tt[i : i + 1])[0]
+                                 for i, (p, e) in enumerate(zip(x, eps))]
+                embedded[name] = a.embed(x_t, tt)
+            else:
+                embedded[name] = a.embed(x)
+        out = self._backbone(layout, embedded)
+        parts, counts = {}, {}
+        lm_targets = self._lm_targets(layout, payloads)
+        for name, emb in embedded.items():
+            a = self.adapters[name]
+            pred = a.head(layout.gather(out, name), emb)
+            if a.kind == "discrete":
+                tgt = lm_targets.index_select(0, layout.index(name))
+                counts[name] = int((tgt >= 0).sum())
+                if counts[name] == 0:
+                    continue
+                parts[name] = F.cross_entropy(pred.float(), tgt, ignore_index=-100)
+            else:
+                span = torch.stack([(p.float() - y.float()).pow(2).mean() for p, y in zip(pred, targets[name])])
+                parts[name], counts[name] = span.mean(), len(span)
+        if not parts:
+            raise ValueError("batch has no loss targets (no next tokens and no continuous spans)")
+        total = sum(self.loss_weights[n] * v for n, v in parts.items())
+        return LossOutput(total, parts, counts, steps)
+
+    def _payloads(self, batch: Batch) -> dict[str, list[Item]]:
+        out: dict[str, list[Item]] = {}
+        for p in batch.layout.placements:
+            out.setdefault(p.modality, []).append(batch.examples[p.example][p.segment])
+        return out
+
+    def _backbone(self, layout: SequenceLayout, embedded: dict[str, Embedded]) -> Tensor:
+        B, L, D = layout.batch_size, layout.seq_len, self.dim
+        first = next(iter(embedded.values())).tokens
+        h = first.new_zeros(B, L, D)
+        C = self.backbone.args.cond_dim
+        cond = first.new_zeros(B, L, C) if C else None
+        for name, emb in embedded.items():
+            n = int(layout.index(name).numel())
+            if emb.tokens.shape != (n, D):
+                raise ValueError(f"adapter {name!r} embedded {tuple(emb.tokens.shape)}, expected {(n, D)}")
+            h = layout.scatter(emb.tokens, name, h)
+            if emb.cond is not None:
+                if cond is None:
+                    raise ValueError(f"adapter {name!r} returns adaLN conditioning but the backbone "
+                                     "has cond_dim=0; set TransformerArgs.cond_dim")
+                cond = layout.scatter(emb.cond, name, cond)
+        return self.backbone(h, layout, cond=cond)
+
+    def _lm_targets(self, layout: SequenceLayout, payloads: dict[str, list[Item]]) -> Tensor:
+        """``(B * L,)`` next-token id for every position that has one, else -100."""
+        B, L = layout.batch_size, layout.seq_len
+        ids = torch.full((B * L,), -100, dtype=torch.long, device=self.device)
+        for name, items in payloads.items():
+            if self.adapters[name].kind == "discrete":
+                ids.index_copy_(0, layout.index(name), torch.cat([it.payload.to(self.device).long()
+                                                                  for it in items]))
+        ids = ids.view(B, L)
+        m, d = layout.modality, layout.document
+        has_next = (m[:, :-1] == m[:, 1:]) & (d[:, :-1] == d[:, 1:]) & (d[:, :-1] >= 0)
+        tgt = torch.full((B, L), -100, dtype=torch.long, device=self.device)
+        tgt[:, :-1] = torch.where(has_next & (ids[:, 1:] >= 0), ids[:, 1:], -100)
+        return tgt.view(-1)
+
+    # -- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, prompts: Sequence[Sequence[Item]], max_len: int) -> tuple[KVCache, Tensor]:
+        """Encode prompts into a fresh KV cache (left-padded to a common length).
+
+        Continuous items in a prompt are taken as clean data (``t = 0``) and attend to
+        themselves as their adapter says. Returns the cache and ``(B, D)`` hidden states of each
+        prompt's last position.
+        """
+        rows = []
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty")
+            toks, conds, spans = [], [], []
+            for j, it in enumerate(prompt):
+                a = self.adapter(it.modality)
+                emb = self._embed_clean(a, it.payload[None].to(self.device))
+                n = emb.tokens.shape[0]
+                toks.append(emb.tokens)
+                conds.append(emb.cond)
+                spans.append(torch.full((n,), j if a.attention == "bidirectional" else -1))
+            rows.append((toks, conds, spans))
+        lengths = [sum(t.shape[0] for t in r[0]) for r in rows]
+        n, B, D = max(lengths), len(rows), self.dim
+        if n > max_len:
+            raise ValueError(f"prompt of {n} positions exceeds max_len={max_len}")
+        C = self.backbone.args.cond_dim
+        h = torch.zeros(B, n, D, device=self.device)
+        cond = torch.zeros(B, n, C, device=self.device) if C else None
+        span = torch.full((B, n), -1, dtype=torch.long)
+        valid = torch.zeros(B, n, dtype=torch.bool)
+        pos = torch.zeros(B, n, dtype=torch.long)
+        for b, ((toks, conds, spans), k) in enumerate(zip(rows, lengths)):
+            h[b, n - k :] = torch.cat(toks)
+            if cond is not None:
+                cond[b, n - k :] = torch.cat([c if c is not None else torch.zeros(t.shape[0], C, device=self.device)
+                                              for c, t in zip(conds, toks)])
+            span[b, n - k :] = torch.cat(spans)
+            valid[b, n - k :] = True
+            pos[b, n - k :] = torch.arange(k)
+        cache = self.backbone.new_cache(B, max_len)
+        out = self.backbone.forward_cached(h, cache, block=span, commit=True, cond=cond,
+                                           positions=pos.to(self.device), valid=valid.to(self.device))
+        return cache, out[:, -1]
+
+    def _embed_clean(self, a: Adapter, payloads: Tensor) -> Embedded:
+        if a.kind == "continuous":
+            return a.embed(list(payloads), torch.zeros(len(payloads), dtype=torch.long, device=self.device))
+        return a.embed(list(payloads))
+
+    def _run_block(self, a: Adapter, emb: Embedded, B: int, cache: KVCache, commit: bool) -> Tensor:
+        n = emb.tokens.shape[0] // B
+        h = emb.tokens.view(B, n, self.dim)
+        C = self.backbone.args.cond_dim
+        cond = emb.cond.view(B, n, C) if emb.cond is not None else (
+            torch.zeros(B, n, C, device=self.device) if C else None)
+        out = self.backbone.forward_cached(h, cache, block=a.attention, commit=commit, cond=cond)
+        return out.reshape(B * n, self.dim)
+
+    @torch.no_grad()
+    def text_step(self, ids: Tensor, cache: KVCache, modality: str = "text") -> Tensor:
+        """Append one token per row ``(B,)`` to the cache; return next-token logits ``(B, V)``."""
+        a = self.adapter(modality)
+        emb = a.embed(list(ids.view(-1, 1).to(self.device)))
+        return a.head(self._run_block(a, emb, ids.numel(), cache, commit=True), emb)
+
+    @torch.no_grad()
+    def denoise_step(self, x_t: Tensor, t: Tensor, cache: KVCache, modality: str) -> Tensor:
+        """One model evaluation of a continuous span against the cached prefix, without
+        writing to the cache. ``x_t`` ``(B, *payload)``, ``t`` ``(B,)`` → prediction ``(B, *payload)``."""
+        a = self.adapter(modality)
+        emb = a.embed(list(x_t), t.to(self.device))
+        return torch.stack(list(a.head(self._run_block(a, emb, x_t.shape[0], cache, commit=False), emb)))
+
+    @torch.no_grad()
+    def commit_span(self, x0: Tensor, cache: KVCache, modality: str) -> None:
+        """Write the clean span ``x0`` ``(B, *payload)`` into the cache (embedded at ``t = 0``)."""
+        a = self.adapter(modality)
+        self._run_block(a, self._embed_clean(a, x0.to(self.device)), x0.shape[0], cache, commit=True)
+
+    @torch.no_grad()
+    def sample_span(self, cache: KVCache, modality: str, shape: Sequence[int], sampler: Sampler,
+                    guidance_scale: float | None = None, generator=None, progress: bool = False
+                    ) -> Tensor:
+        """Denoise a new span against the cached prefix (the prefix is computed once).
+
+        With ``guidance_scale``, the cache must hold ``2B`` rows — the first ``B`` with the
+        condition, the last ``B`` without — and both are evaluated in one batched pass.
+
+        Returns:
+            ``(B, *shape)`` clean payloads (not committed; call :meth:`commit_span`).
+        """
+        rows = cache.batch_size
+        if guidance_scale is None:
+            denoise = lambda x, t: self.denoise_step(x, t, cache, modality)  # noqa: E731
+            B = rows
+        else:
+            if rows % 2:
+                raise ValueError(f"guidance needs a cache of 2B rows (cond then uncond), got {rows}")
+            B = rows // 2
+            both = lambda x, t: self.denoise_step(x, t, cache, modality)  # noqa: E731
+            denoise = classifier_free_guidance(batched_pair(both), guidance_scale)
+        return sampler.sample(denoise, (B, *shape), generator=generator, device=self.device,
+                              progress=progress)
+
+    def span_denoiser(self, modality: str):
+        """``denoise(x_t, t)`` for examples made of one span of ``modality`` and nothing else —
+        the TransFusion time-series model. Runs the ordinary (uncached) forward."""
+        a = self.adapter(modality)
+        layouts: dict[tuple[int, int], SequenceLayout] = {}
+
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            emb = a.embed(list(x_t), t.to(self.device))
+            B = x_t.shape[0]
+            n = emb.tokens.shape[0] // B
+            if (B, n) not in layouts:
+                layouts[(B, n)] = build_layout([[Segment(modality, n)]] * B, self.adapters,
+                                               device=self.device)
+            layout = layouts[(B, n)]
+            out = self._backbone(layout, {modality: emb})
+            return torch.stack(list(a.head(layout.gather(out, modality), emb)))
+
+        return denoise

@@ -1,0 +1,266 @@
+"""Images: pixels (or autoencoder latents) as patches, with linear or U-Net entry/exit layers.
+
+Transfusion (sec. 3.2): an image's latent is cut into ``p x p`` patches, left to right, top to
+bottom. Two designs connect patches to the transformer:
+
+- ``linear``: one linear layer per patch in and out, with a timestep embedding added to each patch
+  (footnote 6; < 0.5% extra parameters);
+- ``unet``: U-Net down blocks in and up blocks out (footnote 7), with skip connections from the
+  down path to the up path carried across the transformer. Down blocks reduce the image to the
+  patch grid (``log2 p`` halvings), so larger patches mean fewer positions (Table 6).
+
+Positions get a learned 2-D (row + column) embedding. User images are ``(C, H, W)`` floats in
+``[0, 1]`` (``value_range="01"``) or ``[-1, 1]`` (``"-11"``); the payload is always ``[-1, 1]``
+(or the latent of an optional user-supplied autoencoder with ``encode``/``decode``).
+
+Shapes: n images, C channels, H x W pixels, h x w patch grid, D width, c U-Net channels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from fusion_core.adapter import Adapter, Embedded
+from fusion_core.embeddings import TimestepEmbedding
+
+DESIGNS = ("linear", "unet")
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, timestep scale/shift, GroupNorm → SiLU → conv, plus skip."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int = 8):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in, groups), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.t_proj = nn.Linear(t_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out, groups), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.t_proj(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+def _groups(c: int, groups: int) -> int:
+    return math.gcd(c, groups)
+
+
+class UNetDown(nn.Module):
+    """``(n, C, H, W)`` → patch-grid features ``(n, c_last, h, w)`` and the skips for the up path."""
+
+    def __init__(self, in_ch: int, channels: Sequence[int], t_dim: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_ch, channels[0], 3, padding=1)
+        self.blocks = nn.ModuleList(ResBlock(channels[i], channels[i], t_dim) for i in range(len(channels)))
+        self.downs = nn.ModuleList(nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1)
+                                   for i in range(len(channels) - 1))
+
+    def forward(self, x: Tensor, temb: Tensor) -> tuple[Tensor, list[Tensor]]:
+        h = self.conv_in(x)
+        skips = []
+        for i, block in enumerate(self.blocks):
+            h = block(h, temb)
+            skips.append(h)
+            if i < len(self.downs):
+                h = self.downs[i](h)
+        return h, skips
+
+
+class UNetUp(nn.Module):
+    """Patch-grid features + skips → ``(n, C, H, W)``."""
+
+    def __init__(self, out_ch: int, channels: Sequence[int], t_dim: int):
+        super().__init__()
+        n = len(channels)
+        self.blocks = nn.ModuleList(ResBlock(2 * channels[i], channels[i], t_dim) for i in range(n))
+        self.ups = nn.ModuleList(nn.Conv2d(channels[i + 1], channels[i], 3, padding=1) for i in range(n - 1))
+        self.norm_out = nn.GroupNorm(_groups(channels[0], 8), channels[0])
+        self.conv_out = nn.Conv2d(channels[0], out_ch, 3, padding=1)
+
+    def forward(self, h: Tensor, skips: list[Tensor], temb: Tensor) -> Tensor:
+        for i in reversed(range(len(self.blocks))):
+            h = self.blocks[i](torch.cat([h, skips[i]], dim=1), temb)
+            if i > 0:
+                h = self.ups[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ImageAdapter(Adapter):
+    """Image patches in and out of the backbone.
+
+    Args:
+        dim: backbone width D.
+        channels: image (or latent) channels C.
+        patch_size: p; ``H`` and ``W`` must be divisible by it (a power of two for ``unet``).
+        design: ``"linear"`` or ``"unet"``.
+        unet_channels: U-Net widths per resolution, finest first; needs ``log2(p) + 1`` entries.
+        value_range: user images in ``"01"`` ([0, 1]) or ``"-11"`` ([-1, 1]).
+        attention: ``"bidirectional"`` (Transfusion) or ``"causal"`` (the Table 5 ablation).
+        autoencoder: optional object with ``encode(x) -> z`` and ``decode(z) -> x`` on batches
+            in [-1, 1]; patches are then cut from the latent.
+        latent_channels: channels of the autoencoder's latent (required with ``autoencoder``).
+        max_grid: largest patch-grid side supported by the 2-D position embedding.
+    """
+
+    kind = "continuous"
+
+    def __init__(self, dim: int, channels: int = 3, patch_size: int = 2, design: str = "linear",
+                 unet_channels: Sequence[int] = (32, 64, 128, 256), value_range: str = "01",
+                 attention: str = "bidirectional", autoencoder: Any = None,
+                 latent_channels: int | None = None, max_grid: int = 64, name: str = "image"):
+        super().__init__(dim)
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+        if value_range not in ("01", "-11"):
+            raise ValueError(f"value_range must be '01' or '-11', got {value_range!r}")
+        if not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        if autoencoder is not None and latent_channels is None:
+            raise ValueError("latent_channels is required with an autoencoder")
+        self.name, self.attention = name, attention
+        self.channels, self.patch_size, self.design = channels, patch_size, design
+        self.value_range, self.autoencoder, self.max_grid = value_range, autoencoder, max_grid
+        C = latent_channels if autoencoder is not None else channels
+        self.payload_channels = C
+        p = patch_size
+        self.t_embed = TimestepEmbedding(dim)
+        self.row_embed = nn.Parameter(torch.zeros(max_grid, dim))
+        self.col_embed = nn.Parameter(torch.zeros(max_grid, dim))
+        nn.init.normal_(self.row_embed, std=0.02)
+        nn.init.normal_(self.col_embed, std=0.02)
+        if design == "linear":
+            self.patch_in = nn.Linear(C * p * p, dim)
+            self.patch_out = nn.Linear(dim, C * p * p)
+            self.norm_out = nn.LayerNorm(dim)
+        else:
+            levels = int(round(math.log2(p)))
+            if 2**levels != p:
+                raise ValueError(f"design='unet' needs a power-of-two patch_size, got {p}")
+            if len(unet_channels) < levels + 1:
+                raise ValueError(f"patch_size {p} needs {levels + 1} unet_channels, got {list(unet_channels)}")
+            chans = list(unet_channels[: levels + 1])
+            self.down = UNetDown(C, chans, dim)
+            self.up = UNetUp(C, chans, dim)
+            self.to_tokens = nn.Linear(chans[-1], dim)
+            self.from_tokens = nn.Linear(dim, chans[-1])
+            self.norm_out = nn.LayerNorm(dim)
+
+    # -- protocol ---------------------------------------------------------------------------
+    def encode(self, raw: Tensor | np.ndarray) -> Tensor:
+        """``(C, H, W)`` image in the stated range → payload in [-1, 1] (or its latent).
+
+        Raises:
+            ValueError: wrong rank or channel count, sides not divisible by the patch size,
+                non-float or non-finite values, values outside the stated range.
+        """
+        x = torch.as_tensor(np.asarray(raw)) if not isinstance(raw, Tensor) else raw
+        if x.ndim != 3:
+            raise ValueError(f"image must have shape (C, H, W), got {tuple(x.shape)}")
+        if x.shape[0] != self.channels:
+            raise ValueError(f"image has {x.shape[0]} channels, expected {self.channels} (C, H, W)")
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"image must be floating point in [{self._range_text()}], got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("image contains NaN or inf")
+        lo, hi = (0.0, 1.0) if self.value_range == "01" else (-1.0, 1.0)
+        if float(x.min()) < lo - 1e-4 or float(x.max()) > hi + 1e-4:
+            raise ValueError(f"image values must be in [{self._range_text()}], "
+                             f"got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        x = x.float()
+        x = x * 2 - 1 if self.value_range == "01" else x
+        if self.autoencoder is not None:
+            x = self.autoencoder.encode(x[None])[0]
+        self._check_payload(x)
+        return x
+
+    def _range_text(self) -> str:
+        return "0, 1" if self.value_range == "01" else "-1, 1"
+
+    def _check_payload(self, x: Tensor) -> None:
+        p = self.patch_size
+        C, H, W = x.shape
+        if C != self.payload_channels:
+            raise ValueError(f"payload has {C} channels, expected {self.payload_channels}")
+        if H % p or W % p:
+            raise ValueError(f"image sides must be divisible by patch_size={p}; got H={H}, W={W}")
+        if H // p > self.max_grid or W // p > self.max_grid:
+            raise ValueError(f"patch grid {H // p}x{W // p} exceeds max_grid={self.max_grid}")
+
+    def num_positions(self, payload: Tensor) -> int:
+        self._check_payload(payload)
+        return (payload.shape[1] // self.patch_size) * (payload.shape[2] // self.patch_size)
+
+    def decode(self, payload: Tensor) -> Tensor:
+        """Payload → ``(C, H, W)`` image in the stated range (clamped)."""
+        x = payload
+        if self.autoencoder is not None:
+            x = self.autoencoder.decode(x[None])[0]
+        x = x.clamp(-1, 1)
+        return (x + 1) / 2 if self.value_range == "01" else x
+
+    def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
+        if t is None:
+            raise ValueError("image embed needs the diffusion step t (use zeros for clean images)")
+        device = self.row_embed.device
+        t = t.to(device)
+        temb = self.t_embed(t)  # n D
+        groups = _group_by_shape(payloads)
+        tokens: list[Tensor | None] = [None] * len(payloads)
+        ctx = {"groups": groups, "temb": temb, "skips": {}, "grid": {}}
+        for shape, idx in groups.items():
+            x = torch.stack([payloads[i] for i in idx]).to(device)  # g C H W
+            h, w = shape[1] // self.patch_size, shape[2] // self.patch_size
+            te = temb[idx]
+            if self.design == "linear":
+                p = self.patch_size
+                tok = self.patch_in(rearrange(x, "g c (h p1) (w p2) -> g (h w) (c p1 p2)", p1=p, p2=p))
+            else:
+                feats, skips = self.down(x, te)  # g c h w
+                ctx["skips"][shape] = skips
+                tok = self.to_tokens(rearrange(feats, "g c h w -> g (h w) c"))
+            pos = (self.row_embed[:h, None] + self.col_embed[None, :w]).reshape(h * w, -1)
+            tok = tok + pos + te[:, None]
+            ctx["grid"][shape] = (h, w)
+            for k, i in enumerate(idx):
+                tokens[i] = tok[k]
+        return Embedded(torch.cat(tokens), context=ctx)
+
+    def head(self, hidden: Tensor, embedded: Embedded) -> list[Tensor]:
+        ctx = embedded.context
+        sizes = [None] * sum(len(v) for v in ctx["groups"].values())
+        for shape, idx in ctx["groups"].items():
+            for i in idx:
+                sizes[i] = ctx["grid"][shape][0] * ctx["grid"][shape][1]
+        per_item = list(hidden.split(sizes))
+        out: list[Tensor | None] = [None] * len(sizes)
+        p = self.patch_size
+        for shape, idx in ctx["groups"].items():
+            h, w = ctx["grid"][shape]
+            x = self.norm_out(torch.stack([per_item[i] for i in idx]))  # g (h w) D
+            if self.design == "linear":
+                y = rearrange(self.patch_out(x), "g (h w) (c p1 p2) -> g c (h p1) (w p2)",
+                              h=h, w=w, p1=p, p2=p)
+            else:
+                feats = rearrange(self.from_tokens(x), "g (h w) c -> g c h w", h=h, w=w)
+                y = self.up(feats, ctx["skips"][shape], ctx["temb"][idx])
+            for k, i in enumerate(idx):
+                out[i] = y[k]
+        return out
+
+
+def _group_by_shape(payloads: Sequence[Tensor]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(payloads):
+        groups.setdefault(tuple(p.shape), []).append(i)
+    return groups

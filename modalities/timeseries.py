@@ -1,0 +1,159 @@
+"""Multivariate time series: windows ``(length, features)`` as backbone positions.
+
+TransFusion (Sikder et al. 2023, sec. 3): input Linear(features → d_model), sinusoidal positions,
+the diffusion step as an extra token in front (sinusoidal → Linear–SiLU–Linear), output
+Linear(d_model → features), the step token's output dropped; data min-max scaled to [-1, 1].
+Here a window can also be cut into patches of ``k`` steps (fewer positions for long series), and
+the step can instead be added to every position or fed to the backbone's adaLN conditioning.
+
+Scaling is fitted on training data (:meth:`TimeSeriesAdapter.fit`), kept in the adapter's state
+dict, and inverted by :meth:`decode`.
+
+Shapes: n windows, T steps, F features, k steps per patch, D width.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from fusion_core.adapter import Adapter, Embedded
+from fusion_core.embeddings import TimestepEmbedding, sinusoidal
+
+SCALINGS = ("minmax", "standard", "none")
+TIMESTEP_MODES = ("token", "add", "adaln")
+
+
+class TimeSeriesAdapter(Adapter):
+    """Windows of a multivariate series in and out of the backbone.
+
+    Args:
+        dim: backbone width D.
+        features: F, the number of variables.
+        patch: k, time steps per position (1 = TransFusion's per-step tokens).
+        scaling: ``"minmax"`` (to [-1, 1], the paper's), ``"standard"`` or ``"none"``.
+        timestep: how the diffusion step enters: ``"token"`` (prepended, the paper's), ``"add"``
+            (added to every position) or ``"adaln"`` (backbone conditioning; set the backbone's
+            ``cond_dim`` to ``dim``).
+        name: modality name (default ``"timeseries"``).
+    """
+
+    kind = "continuous"
+    attention = "bidirectional"
+
+    def __init__(self, dim: int, features: int, patch: int = 1, scaling: str = "minmax",
+                 timestep: str = "token", name: str = "timeseries"):
+        super().__init__(dim)
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        if timestep not in TIMESTEP_MODES:
+            raise ValueError(f"timestep must be one of {TIMESTEP_MODES}, got {timestep!r}")
+        if not isinstance(features, int) or features < 1:
+            raise ValueError(f"features must be a positive int, got {features!r}")
+        if not isinstance(patch, int) or patch < 1:
+            raise ValueError(f"patch must be a positive int, got {patch!r}")
+        self.name, self.features, self.patch = name, features, patch
+        self.scaling, self.timestep = scaling, timestep
+        self.inp = nn.Linear(features * patch, dim)
+        self.out = nn.Linear(dim, features * patch)
+        self.t_embed = TimestepEmbedding(dim)
+        # per-feature affine map from user units to payload space: payload = (x - shift) / scale
+        self.register_buffer("shift", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+        self.register_buffer("fitted", torch.tensor(scaling == "none"))
+
+    # -- scaling ------------------------------------------------------------------------------
+    def fit(self, data: Tensor | np.ndarray) -> "TimeSeriesAdapter":
+        """Fit the per-feature scaler on training data ``(T, F)`` or ``(n, T, F)`` (NaN ignored)."""
+        x = torch.as_tensor(np.asarray(data, dtype=np.float64))
+        if x.ndim not in (2, 3) or x.shape[-1] != self.features:
+            raise ValueError(f"fit expects (T, {self.features}) or (n, T, {self.features}), got {tuple(x.shape)}")
+        x = x.reshape(-1, self.features)
+        if self.scaling == "minmax":
+            lo = torch.from_numpy(np.nanmin(x.numpy(), 0))
+            hi = torch.from_numpy(np.nanmax(x.numpy(), 0))
+            shift, scale = (hi + lo) / 2, (hi - lo).clamp_min(1e-12) / 2
+        elif self.scaling == "standard":
+            shift = torch.from_numpy(np.nanmean(x.numpy(), 0))
+            scale = torch.from_numpy(np.nanstd(x.numpy(), 0)).clamp_min(1e-12)
+        else:
+            shift, scale = torch.zeros(self.features), torch.ones(self.features)
+        if not bool(torch.isfinite(shift).all() & torch.isfinite(scale).all()):
+            raise ValueError("cannot fit the scaler: a feature has no finite values")
+        self.shift.copy_(shift.float())
+        self.scale.copy_(scale.float())
+        self.fitted.fill_(True)
+        return self
+
+    # -- protocol ---------------------------------------------------------------------------
+    def encode(self, raw: Tensor | np.ndarray, mask: Tensor | np.ndarray | None = None) -> Tensor:
+        """A window ``(T, F)`` in user units → scaled payload ``(T, F)``.
+
+        Args:
+            mask: optional ``(T, F)`` bool, True where a value is observed. Missing values (NaN)
+                are allowed only where ``mask`` is False; they become 0 in the payload.
+
+        Raises:
+            ValueError: wrong shape, length not divisible by ``patch``, non-numeric data, NaN
+                without a mask, scaler not fitted.
+        """
+        try:
+            x = torch.as_tensor(np.asarray(raw, dtype=np.float64)).float()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"time series must be numeric (T, {self.features}): {e}") from e
+        if x.ndim != 2 or x.shape[1] != self.features:
+            raise ValueError(f"window must have shape (T, {self.features}), got {tuple(x.shape)}")
+        if x.shape[0] % self.patch:
+            raise ValueError(f"window length {x.shape[0]} must be divisible by patch={self.patch}")
+        if not bool(self.fitted):
+            raise ValueError(f"adapter {self.name!r}: call fit(training_data) before encode")
+        missing = ~torch.isfinite(x)
+        if mask is not None:
+            m = torch.as_tensor(np.asarray(mask, dtype=bool))
+            if m.shape != x.shape:
+                raise ValueError(f"mask must have the window's shape {tuple(x.shape)}, got {tuple(m.shape)}")
+            if bool((missing & m).any()):
+                raise ValueError("values marked observed by the mask are NaN/inf")
+            missing = missing & ~m
+        elif bool(missing.any()):
+            raise ValueError(f"window has {int(missing.sum())} NaN/inf values; pass a mask of "
+                             "observed values or fill them first")
+        x = (x - self.shift.cpu()) / self.scale.cpu()
+        return torch.where(missing, torch.zeros_like(x), x)
+
+    def num_positions(self, payload: Tensor) -> int:
+        extra = 1 if self.timestep == "token" else 0
+        return payload.shape[0] // self.patch + extra
+
+    def decode(self, payload: Tensor) -> Tensor:
+        """Scaled payload ``(..., T, F)`` → user units."""
+        return payload * self.scale.to(payload.device) + self.shift.to(payload.device)
+
+    def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
+        if t is None:
+            raise ValueError("time-series embed needs the diffusion step t")
+        device = self.inp.weight.device
+        lengths = [p.shape[0] // self.patch for p in payloads]
+        x = torch.cat([rearrange(p.to(device), "(n k) f -> n (k f)", k=self.patch) for p in payloads])
+        pos = torch.cat([sinusoidal(torch.arange(n, device=device), self.dim) for n in lengths])
+        tok = self.inp(x) + pos  # N D
+        temb = self.t_embed(t.to(device))  # n D
+        per = list(tok.split(lengths))
+        cond = None
+        if self.timestep == "token":
+            per = [torch.cat([temb[i : i + 1], seq]) for i, seq in enumerate(per)]
+        elif self.timestep == "add":
+            per = [seq + temb[i] for i, seq in enumerate(per)]
+        else:
+            cond = torch.cat([temb[i].expand(n, -1) for i, n in enumerate(lengths)])
+        return Embedded(torch.cat(per), cond=cond, context=lengths)
+
+    def head(self, hidden: Tensor, embedded: Embedded) -> list[Tensor]:
+        lengths = embedded.context
+        extra = 1 if self.timestep == "token" else 0
+        per = hidden.split([n + extra for n in lengths])
+        return [rearrange(self.out(seq[extra:]), "n (k f) -> (n k) f", k=self.patch) for seq in per]
