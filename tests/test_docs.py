@@ -1,4 +1,7 @@
-"""Every ```python block of every page in docs/ runs, in order, in one namespace per page."""
+"""Every ```python block of every page in docs/ runs, in order, in one namespace per page.
+
+A block whose first line is ``# file: NAME`` is written to NAME in the working directory instead
+of being executed (guides that build a module and then import it)."""
 
 import re
 from pathlib import Path
@@ -17,7 +20,12 @@ def code_blocks(page: Path) -> list[str]:
 def test_doc_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{page.stem}"}
+    monkeypatch.syspath_prepend(str(tmp_path))
     for i, block in enumerate(code_blocks(page)):
+        first = block.splitlines()[0]
+        if first.startswith("# file: "):
+            (tmp_path / first[len("# file: "):].strip()).write_text(block)
+            continue
         try:
             exec(compile(block, f"{page.name}[block {i}]", "exec"), namespace)
         except Exception as e:  # name the block in the failure
