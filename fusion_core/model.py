@@ -46,8 +46,13 @@ class Item:
 
 @dataclass
 class Batch:
+    """Encoded examples and their layout. ``seeds`` (one per example), when set, key every random
+    draw of the loss (each span's step and noise) to its example, so the draws do not depend on
+    batch composition, micro-batching or the number of processes."""
+
     examples: list[list[Item]]
     layout: SequenceLayout
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -129,25 +134,28 @@ class FusionModel(nn.Module):
 
     # -- batches ------------------------------------------------------------------------------
     def collate(self, examples: Sequence[Sequence[Item]], max_len: int | None = None,
-                pack: bool = False, pad_to_multiple: int = 1, rng: random.Random | None = None
-                ) -> Batch:
-        """Lay out encoded examples. In training mode, applies CFG condition dropout (with
-        ``rng``, for reproducibility)."""
+                pack: bool = False, pad_to_multiple: int = 1, rng: random.Random | None = None,
+                seeds: Sequence[int] | None = None) -> Batch:
+        """Lay out encoded examples. In training mode, applies CFG condition dropout (drawn from
+        ``rng``, or per example from ``seeds``)."""
         examples = [list(ex) for ex in examples]
         for i, ex in enumerate(examples):
             for j, item in enumerate(ex):
                 if not isinstance(item, Item):
                     raise ValueError(f"example {i}, segment {j}: expected an Item, got {type(item).__name__}")
                 self.adapter(item.modality)
+        if seeds is not None and len(seeds) != len(examples):
+            raise ValueError(f"{len(seeds)} seeds for {len(examples)} examples")
         if self.training and self.cond_dropout > 0:
-            rng = rng or random.Random()
-            examples = [self._drop_condition(ex) if rng.random() < self.cond_dropout else ex
-                        for ex in examples]
+            draws = ([random.Random(s).random() for s in seeds] if seeds is not None
+                     else [(rng or random).random() for _ in examples])
+            examples = [self._drop_condition(ex) if u < self.cond_dropout else ex
+                        for ex, u in zip(examples, draws)]
         segments = [[Segment(it.modality, self.adapters[it.modality].num_positions(it.payload),
                              it.payload) for it in ex] for ex in examples]
         layout = build_layout(segments, self.adapters, max_len=max_len, pack=pack,
                               pad_to_multiple=pad_to_multiple, device=self.device)
-        return Batch(examples, layout)
+        return Batch(examples, layout, list(seeds) if seeds is not None else None)
 
     def _drop_condition(self, example: list[Item]) -> list[Item]:
         first = next((j for j, it in enumerate(example)
@@ -160,22 +168,30 @@ class FusionModel(nn.Module):
         return [it for it in dropped if it.payload.numel() > 0] + example[first:]
 
     # -- training -----------------------------------------------------------------------------
-    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
-        return self.loss(batch, generator)
+    def forward(self, batch: Batch, generator: torch.Generator | None = None, **kwargs) -> LossOutput:
+        """Same as :meth:`loss` (so DDP/FSDP wrappers see a forward call)."""
+        return self.loss(batch, generator, **kwargs)
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None,
              t: Mapping[str, Tensor] | None = None,
-             noise: Mapping[str, Sequence[Tensor]] | None = None) -> LossOutput:
+             noise: Mapping[str, Sequence[Tensor]] | None = None,
+             normalize: Mapping[str, float] | None = None) -> LossOutput:
         """Total loss and its per-modality parts for one laid-out batch.
 
         Args:
             batch: from :meth:`collate`.
-            generator: draws each continuous span's step (respecting its ``max_t``) and noise.
+            generator: draws each continuous span's step (respecting its ``max_t``) and noise;
+                ignored when the batch has per-example ``seeds``.
             t, noise: optional fixed steps ``(n_spans,)`` and noises (one per span) per
                 continuous modality, in placement order (evaluation on a fixed grid, tests).
+            normalize: divide each modality's summed loss by this count instead of averaging
+                over this batch (the trainer passes global counts, so micro-batches and
+                processes add up to exactly the mean over the whole step).
         """
         layout = batch.layout
         payloads = self._payloads(batch)
+        if batch.seeds is not None and t is None and noise is None:
+            t, noise = self._seeded_draws(batch, payloads)
         embedded, targets, steps = {}, {}, {}
         for name, items in payloads.items():
             a = self.adapters[name]
@@ -213,14 +229,48 @@ class FusionModel(nn.Module):
                 counts[name] = int((tgt >= 0).sum())
                 if counts[name] == 0:
                     continue
-                parts[name] = F.cross_entropy(pred.float(), tgt, ignore_index=-100)
+                total = F.cross_entropy(pred.float(), tgt, ignore_index=-100, reduction="sum")
             else:
                 span = torch.stack([(p.float() - y.float()).pow(2).mean() for p, y in zip(pred, targets[name])])
-                parts[name], counts[name] = span.mean(), len(span)
+                total, counts[name] = span.sum(), len(span)
+            denom = normalize[name] if normalize is not None and name in normalize else counts[name]
+            parts[name] = total / denom
         if not parts:
             raise ValueError("batch has no loss targets (no next tokens and no continuous spans)")
         total = sum(self.loss_weights[n] * v for n, v in parts.items())
         return LossOutput(total, parts, counts, steps)
+
+    def target_counts(self, batch: Batch) -> dict[str, int]:
+        """What :meth:`loss` averages over, per modality: next-token targets (discrete) or
+        spans (continuous). Computed from the layout alone, before any forward pass."""
+        payloads = self._payloads(batch)
+        lm = self._lm_targets(batch.layout, payloads)
+        out = {}
+        for name, items in payloads.items():
+            if self.adapters[name].kind == "discrete":
+                out[name] = int((lm.index_select(0, batch.layout.index(name)) >= 0).sum())
+            else:
+                out[name] = len(items)
+        return out
+
+    def _seeded_draws(self, batch: Batch, payloads: dict[str, list[Item]]):
+        """Each continuous span's step and noise from a generator seeded by (example seed,
+        segment index)."""
+        t, noise = {}, {}
+        by_modality: dict[str, list] = {}
+        for p in batch.layout.placements:
+            if self.adapters[p.modality].kind == "continuous":
+                by_modality.setdefault(p.modality, []).append(p)
+        for name, places in by_modality.items():
+            diff = self.diffusion[name]
+            steps, eps = [], []
+            for p, it in zip(places, payloads[name]):
+                g = torch.Generator().manual_seed(batch.seeds[p.example] * 1009 + p.segment)
+                hi = diff.T - 1 if it.max_t is None else it.max_t
+                steps.append(diff.sample_timesteps(1, hi, generator=g))
+                eps.append(torch.randn(it.payload.shape, generator=g, dtype=it.payload.dtype))
+            t[name], noise[name] = torch.cat(steps), eps
+        return t, noise
 
     def _payloads(self, batch: Batch) -> dict[str, list[Item]]:
         out: dict[str, list[Item]] = {}

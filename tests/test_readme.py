@@ -17,11 +17,3 @@ def test_quickstart_has_two_commands_and_ci_runs_the_second():
     assert len(cmds) == 2 and all("\n" not in c for c in cmds), cmds
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert cmds[1] in ci, "the .ci/run script must run the README's test command word for word"
-
-
-def test_demo_loss_falls(capsys):
-    from fusion_core import demo
-
-    first, last = demo.main(["--steps", "60", "--no-progress"])
-    assert last < 0.5 * first
-    assert '"horizontal":' in capsys.readouterr().out

@@ -1,0 +1,157 @@
+"""The ``fusion`` command.
+
+    fusion ls                                    recipes, presets, registered adapters
+    fusion run RECIPE [--preset P] [--config F] [--nproc N] key=value ...
+    fusion resume RUN_DIR                        continue from the newest good checkpoint
+    fusion config RECIPE [--preset P] key=value  print the resolved config
+    fusion sample RUN_DIR ...                    recipe-specific sampling
+    fusion evaluate RUN_DIR ...                  recipe-specific evaluation
+    fusion plot-metrics RUN_DIR                  loss curves → RUN_DIR/loss.png
+
+Overrides are OmegaConf dotlists (``train.steps=100 model.dim=128``), applied after the preset and
+the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, to_yaml
+
+
+def _recipe(name: str):
+    from .recipe import get_recipe
+
+    return get_recipe(name)
+
+
+def cmd_ls(a) -> int:
+    from .recipe import registered_recipes
+    from .registry import registered_adapters
+
+    print("recipes:")
+    for name in sorted(registered_recipes()):
+        r = _recipe(name)
+        print(f"  {name:14s} {r.description}")
+        print(f"  {'':14s} presets: {', '.join(r.presets()) or '(none)'}")
+    print("adapters:")
+    for name, path in sorted(registered_adapters().items()):
+        print(f"  {name:14s} {path}")
+    return 0
+
+
+def cmd_config(a) -> int:
+    cfg = _recipe(a.recipe).load_config(a.preset, a.config, a.overrides)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def cmd_run(a) -> int:
+    recipe = _recipe(a.recipe)
+    cfg = recipe.load_config(a.preset, a.config, a.overrides)  # validate before launching
+    if a.nproc and a.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={a.nproc}", "-m", "fusion_core.cli", "run", a.recipe]
+        argv += (["--preset", a.preset] if a.preset else []) + (["--config", a.config] if a.config else [])
+        return subprocess.call(argv + list(a.overrides))
+    run_dir = recipe.train(cfg, False)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _run_config(run_dir: str, overrides=()):
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.load(path).get("recipe")
+    if not name:
+        raise ConfigError(f"{path} names no recipe")
+    recipe = _recipe(name)
+    return recipe, load_config(recipe.config, [path], overrides)
+
+
+def cmd_resume(a) -> int:
+    recipe, cfg = _run_config(a.run_dir, a.overrides)  # overrides: e.g. train.steps=2000
+    cfg.run_dir = str(a.run_dir)
+    recipe.train(cfg, True)
+    return 0
+
+
+def cmd_sample(a) -> int:
+    recipe, _ = _run_config(a.run_dir)
+    if recipe.sample is None:
+        raise ConfigError(f"recipe {recipe.name!r} has no sample command")
+    recipe.sample(Path(a.run_dir), a.args)
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    recipe, _ = _run_config(a.run_dir)
+    if recipe.evaluate is None:
+        raise ConfigError(f"recipe {recipe.name!r} has no evaluate command")
+    recipe.evaluate(Path(a.run_dir), a.args)
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from .metrics import plot_metrics
+
+    print(plot_metrics(Path(a.run_dir), a.out))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusion", description="fusion-core: train, sample and evaluate recipes.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("ls", help="list recipes, presets and adapters")
+    s.set_defaults(fn=cmd_ls)
+    for name, fn, helptext in [("run", cmd_run, "train a recipe"),
+                               ("config", cmd_config, "print a recipe's resolved config")]:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("recipe", help="recipe name (see `fusion ls`)")
+        s.add_argument("--preset", help="a preset of the recipe (see `fusion ls`)")
+        s.add_argument("--config", help="a YAML config file, applied after the preset")
+        if name == "run":
+            s.add_argument("--nproc", type=int, default=0, help="processes on this machine (torchrun)")
+        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("resume", help="continue a run from its newest good checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("overrides", nargs="*", help="key=value overrides (e.g. train.steps=2000)")
+    s.set_defaults(fn=cmd_resume)
+    for name, fn, helptext in [("sample", cmd_sample, "generate from a trained run"),
+                               ("evaluate", cmd_evaluate, "evaluate a trained run")]:
+        s = sub.add_parser(name, help=helptext, add_help=False)
+        s.add_argument("run_dir")
+        s.add_argument("args", nargs=argparse.REMAINDER, help="recipe-specific options (try --help)")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("plot-metrics", help="render a run's loss curves to PNG")
+    s.add_argument("run_dir")
+    s.add_argument("--out", help="output PNG (default RUN_DIR/loss.png)")
+    s.set_defaults(fn=cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    a, extra = p.parse_known_args(argv)
+    if extra:  # key=value overrides that followed an option (argparse stops collecting them)
+        if not hasattr(a, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        a.overrides = list(a.overrides) + extra
+    try:
+        return a.fn(a)
+    except ConfigError as e:
+        print(f"fusion: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

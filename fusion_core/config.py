@@ -1,0 +1,100 @@
+"""Configs: structured OmegaConf from dataclasses, merged defaults < YAML preset < YAML file <
+``key=value`` overrides; unknown keys and wrong types are errors that name the key and suggest the
+closest valid ones.
+
+As in lingua/torchtune: each component has an ``*Args`` dataclass; a recipe's config nests them;
+the fully resolved config is written into the run folder and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key, value or file is invalid; the message says which and what would be valid."""
+
+
+def valid_keys(schema: Any, prefix: str = "") -> list[str]:
+    """Every dotted key path of a (nested) dataclass schema."""
+    out = []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        typ = f.type if not isinstance(f.type, str) else None
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out += valid_keys(default, key + ".")
+        elif typ is not None and dataclasses.is_dataclass(typ):
+            out += valid_keys(typ, key + ".")
+    return out
+
+
+def _suggest(key: str, keys: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    if not close:  # try the last component against same-depth keys
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in keys if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.7)][:3]
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _merge(base: DictConfig, other: Any, source: str, keys: Sequence[str]) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = e.full_key or getattr(e, "key", "?")
+        raise ConfigError(f"{source}: unknown config key {key!r}{_suggest(str(key), keys)}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for {key!r}: {msg}") from None
+
+
+def load_config(schema: type[T] | T, presets: Sequence[str | Path] = (),
+                overrides: Sequence[str] = ()) -> DictConfig:
+    """Build a config: ``schema`` defaults, then each YAML in ``presets``, then dotlist overrides.
+
+    Raises:
+        ConfigError: unknown key (with did-you-mean), wrong type, malformed override, missing file.
+    """
+    cfg = OmegaConf.structured(schema)
+    keys = valid_keys(schema)
+    for path in presets:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        cfg = _merge(cfg, loaded, str(path), keys)
+    for item in overrides:
+        if "=" not in item or item.startswith("-"):
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=100)")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}", keys)
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """The config as its dataclass instance (validated)."""
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), to_yaml(cfg))

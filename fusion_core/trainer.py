@@ -1,0 +1,382 @@
+"""The training loop every recipe shares, so loop numerics cannot drift between recipes.
+
+Pieces: seeding, AdamW with linear warmup + cosine decay, gradient clipping and accumulation,
+EMA of weights, bf16 autocast on CUDA, optional ``torch.compile`` of the backbone, NaN/inf
+detection, JSONL metrics, tqdm progress, atomic checkpoints and exact resume, DDP/FSDP2.
+
+Exactness: the examples of step ``s`` are a pure function of (seed, s) — a per-epoch permutation
+of the dataset — and every random draw of the loss is keyed to its example (``Batch.seeds``). Each
+modality's loss is a sum divided by the *global* count of its targets in the step (all
+micro-batches, all processes), so 1 process, N processes and any accumulation give the same
+gradient, and a resumed run continues exactly where a straight run would be.
+
+Transfusion's optimizer (sec. 4.1) is the default: AdamW (0.9, 0.95), eps 1e-8, lr 3e-4, 4k
+warmup, cosine to 1.5e-5, weight decay 0.1, clip 1.0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (find_resumable, load_state, load_weights, save_checkpoint,
+                         state_dict_for_safetensors)
+from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, wrap_model
+from .metrics import MetricsLog
+from .model import Batch, FusionModel
+
+log = logging.getLogger("fusion_core")
+
+
+@dataclass
+class OptimArgs:
+    lr: float = 3e-4
+    min_lr: float = 1.5e-5
+    warmup: int = 4000
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 = off
+
+
+@dataclass
+class TrainArgs:
+    steps: int = 1000
+    batch_size: int = 32  # examples per optimizer step, over all processes and micro-batches
+    grad_accum: int = 1
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    ema_decay: float = 0.0  # 0 = no EMA
+    ckpt_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    progress: bool = True
+    seed: int = 0
+    deterministic: bool = False
+    compile: bool = False
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    strategy: str = "ddp"  # ddp | fsdp (multi-process only)
+    device: str = "auto"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN/inf; no update was applied."""
+
+
+def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (offset by rank); optionally force deterministic kernels."""
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def lr_factor(step: int, args: OptimArgs, total: int) -> float:
+    """Multiplier of ``args.lr`` at ``step``: linear warmup, then cosine to ``min_lr``."""
+    if args.warmup > 0 and step < args.warmup:
+        return (step + 1) / args.warmup
+    if args.schedule == "constant":
+        return 1.0
+    if args.schedule != "cosine":
+        raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {args.schedule!r}")
+    progress = min(1.0, (step - args.warmup) / max(1, total - args.warmup))
+    floor = args.min_lr / args.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, args: OptimArgs, total_steps: int):
+    """AdamW with weight decay on matrices only (not norms, biases, or 1-D embeddings)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args, total_steps))
+    return opt, sched
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (used for sampling)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
+                       if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full CPU tensors (DTensor shards are gathered; collective under FSDP)."""
+        full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.shadow.items()}
+        return {k: v.cpu().contiguous() for k, v in full.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({**model.state_dict(), **self.shadow})
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), np_state[2], np_state[3], np_state[4]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    py = s["python"]
+    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+Collate = Callable[[FusionModel, list, list[int]], Batch]
+
+
+class Trainer:
+    """Train a :class:`FusionModel` on an indexable dataset of examples.
+
+    Build the model after ``seed_everything(seed)`` with the *same* seed on every process: FSDP
+    shards the weights each process built, it does not broadcast them.
+
+    Args:
+        model: the model (unwrapped; the trainer wraps it for DDP/FSDP).
+        dataset: ``dataset[i]`` is one example (what ``collate`` takes).
+        collate: ``collate(model, examples, seeds) -> Batch`` (packing, max length).
+        args: :class:`TrainArgs`.
+        run_dir: where metrics, checkpoints and the config go.
+        config_yaml: the resolved config, stored in every checkpoint.
+        dist_info: from :func:`~fusion_core.distributed.init_distributed` (default: 1 process).
+    """
+
+    def __init__(self, model: FusionModel, dataset: Sequence, collate: Collate, args: TrainArgs,
+                 run_dir: str | Path, config_yaml: str = "", dist_info: DistInfo | None = None):
+        self.info = dist_info or DistInfo(device=torch.device(
+            "cuda" if args.device == "auto" and torch.cuda.is_available() else
+            ("cpu" if args.device == "auto" else args.device)))
+        per_micro = args.batch_size / (args.grad_accum * self.info.world_size)
+        if per_micro != int(per_micro) or per_micro < 1:
+            raise ValueError(f"batch_size={args.batch_size} must be a positive multiple of "
+                             f"grad_accum x processes = {args.grad_accum} x {self.info.world_size}")
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.model = model.to(self.info.device)
+        self.dataset, self.collate, self.args = dataset, collate, args
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.config_yaml = config_yaml
+        if args.compile:
+            self.model.backbone = torch.compile(self.model.backbone)
+        self.wrapped = wrap_model(self.model, self.info, args.strategy) if self.info.enabled else self.model
+        # build the model with the same seed on every rank (FSDP shards, it does not broadcast);
+        # from here on each rank gets its own stream (dropout), offset by rank
+        seed_everything(args.seed, self.info.rank, args.deterministic)
+        if self.info.enabled and args.strategy == "ddp":
+            self.wrapped.find_unused_parameters = True  # a rank's batch may lack a modality
+        self.opt, self.sched = build_optimizer(self.model, args.optim, args.steps)
+        self.ema = EMA(self.model, args.ema_decay) if args.ema_decay > 0 else None
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
+        self.step = 0
+        self.modalities = list(self.model.adapters)
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and self.info.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(self.info.device.type, dtype=torch.bfloat16)) if bf16 \
+            else contextlib.nullcontext
+
+    # -- data -----------------------------------------------------------------------------------
+    def _global_positions(self, step: int) -> list[int]:
+        bs = self.args.batch_size
+        return list(range(step * bs, (step + 1) * bs))
+
+    def _example(self, position: int):
+        n = len(self.dataset)
+        epoch, i = divmod(position, n)
+        perm = self.__dict__.setdefault("_perms", {})
+        if epoch not in perm:
+            g = torch.Generator().manual_seed(self.args.seed * 7919 + epoch)
+            perm.clear()
+            perm[epoch] = torch.randperm(n, generator=g).tolist()
+        return self.dataset[perm[epoch][i]]
+
+    def micro_batches(self, step: int) -> list[tuple[list, list[int]]]:
+        """This process's micro-batches of ``step``: (examples, seeds) each."""
+        pos = self._global_positions(step)
+        mb = len(pos) // self.args.grad_accum
+        out = []
+        for m in range(self.args.grad_accum):
+            mine = pos[m * mb : (m + 1) * mb][self.info.rank :: self.info.world_size]
+            seeds = [self.args.seed * 1_000_003 + p for p in mine]
+            out.append(([self._example(p) for p in mine], seeds))
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    @property
+    def _sharded(self) -> bool:
+        return self.info.enabled and self.args.strategy == "fsdp"
+
+    def _full_states(self) -> tuple[dict, dict]:
+        """Full (unsharded, CPU) model and optimizer state dicts; collective under FSDP."""
+        if not self._sharded:
+            return state_dict_for_safetensors(self.model), self.opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd = {k: v.contiguous() for k, v in get_model_state_dict(self.model, options=opts).items()}
+        return model_sd, get_optimizer_state_dict(self.model, self.opt, options=opts)
+
+    def save(self) -> Path | None:
+        rngs = all_gather_object(_rng_state(), self.info)
+        model_sd, opt_sd = self._full_states()
+        ema_sd = self.ema.state_dict() if self.ema is not None else None
+        if not self.info.is_main:
+            barrier(self.info)
+            return None
+        weights = {"model": model_sd}
+        if ema_sd is not None:
+            weights["ema"] = ema_sd
+        state = {"step": self.step, "optimizer": opt_sd, "scheduler": self.sched.state_dict(),
+                 "rng": rngs, "world_size": self.info.world_size}
+        path = save_checkpoint(self.ckpt_dir, self.step, weights, state, self.config_yaml, self.args.keep_last)
+        barrier(self.info)
+        return path
+
+    def resume(self) -> bool:
+        """Load the newest good checkpoint, if any. Returns whether one was loaded."""
+        path = find_resumable(self.ckpt_dir)
+        if path is None:
+            return False
+        state = load_state(path)
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            from safetensors.torch import load_file
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, load_file(str(path / "model.safetensors")), options=opts)
+            set_optimizer_state_dict(self.model, self.opt, state["optimizer"], options=opts)
+        else:
+            load_weights(self.model, path / "model.safetensors")
+            self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            from safetensors.torch import load_file
+
+            self.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+        rngs = state["rng"]
+        _set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+        self.step = int(state["step"])
+        self.metrics.truncate_after(self.step)
+        if self.info.is_main:
+            log.info("resumed from %s (step %d)", path, self.step)
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        model, info = self.model, self.info
+        model.train()
+        batches = [self.collate(model, ex, seeds) for ex, seeds in self.micro_batches(self.step)]
+        local = torch.zeros(len(self.modalities) + 2, dtype=torch.float64)
+        for b in batches:
+            for name, n in model.target_counts(b).items():
+                local[self.modalities.index(name)] += n
+            local[-2] += int((~b.layout.padding).sum())  # tokens
+            local[-1] += len(b.examples)
+        total = all_reduce_sum(local.to(info.device), info).cpu()
+        normalize = {m: max(float(total[i]), 1.0) for i, m in enumerate(self.modalities)}
+        sums = torch.zeros(len(self.modalities) + 1, dtype=torch.float64, device=info.device)
+        for i, b in enumerate(batches):
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
+            with sync:
+                with self.autocast():
+                    out = self.wrapped(b, normalize=normalize)
+                for name, v in out.parts.items():
+                    if not torch.isfinite(v):
+                        raise TrainingDiverged(f"step {self.step}: loss part {name!r} is {v.item()} "
+                                               "(no update applied)")
+                    sums[self.modalities.index(name)] += v.detach().double()
+                sums[-1] += out.loss.detach().double()
+                (out.loss * info.world_size).backward()  # DDP averages; our parts are global sums
+        all_reduce_sum(sums, info)
+        clip = self.args.optim.grad_clip
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):
+            self.opt.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"step {self.step}: gradient norm is {grad_norm.item()} (no update applied)")
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(model)
+        self.step += 1
+        rec = {"step": self.step, "loss": float(sums[-1]), "lr": lr, "grad_norm": float(grad_norm),
+               "tokens": int(total[-2]), "samples": int(total[-1])}
+        for i, m in enumerate(self.modalities):
+            if total[i] > 0:
+                rec[f"loss/{m}"] = float(sums[i])
+        return rec
+
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train to ``args.steps`` (from the latest good checkpoint with ``resume``)."""
+        a, info = self.args, self.info
+        if resume and not self.resume() and info.is_main:
+            log.warning("no usable checkpoint in %s; starting from step 0", self.ckpt_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        records = []
+        bar = tqdm(total=a.steps, initial=self.step, disable=not (a.progress and info.is_main),
+                   desc="train", dynamic_ncols=True)
+        t_last, tok, smp = time.perf_counter(), 0, 0
+        while self.step < a.steps:
+            rec = self.train_step()
+            tok, smp = tok + rec.pop("tokens"), smp + rec.pop("samples")
+            if self.step % a.log_every == 0 or self.step == a.steps:
+                dt = time.perf_counter() - t_last
+                rec.update(tokens_per_s=tok / dt, samples_per_s=smp / dt, peak_mem_mb=_peak_mem_mb(info.device))
+                t_last, tok, smp = time.perf_counter(), 0, 0
+                self.metrics.write(rec)
+                records.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.update(1)
+            if self.step % a.ckpt_every == 0 or self.step == a.steps:
+                self.save()
+        bar.close()
+        return records
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

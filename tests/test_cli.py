@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pytest
+
+from fusion_core.cli import main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("ls", "run", "resume", "config", "sample", "evaluate", "plot-metrics"):
+        assert cmd in out
+
+
+def test_ls_shows_recipes_presets_and_adapters(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "toy" in out and "quick, tiny" in out and "timeseries" in out
+
+
+def test_config_prints_resolved_yaml_with_overrides(capsys):
+    assert main(["config", "toy", "--preset", "tiny", "train.steps=3", "model.dim=48"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 3" in out and "dim: 48" in out and "recipe: toy" in out
+
+
+def test_mistakes_list_valid_choices(capsys):
+    assert main(["run", "tyo"]) == 2
+    assert "recipes: [" in capsys.readouterr().err
+    assert main(["run", "toy", "--preset", "fast"]) == 2
+    assert "presets: ['quick', 'tiny']" in capsys.readouterr().err
+    assert main(["config", "toy", "train.stepz=3"]) == 2
+    assert "did you mean train.steps" in capsys.readouterr().err
+    assert main(["resume", "/nonexistent"]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_run_sample_and_plot_end_to_end(tmp_path, capsys):
+    assert main(["run", "toy", "--preset", "tiny", f"run_dir={tmp_path}"]) == 0
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "checkpoints" / "latest").is_file()
+    assert main(["sample", str(tmp_path), "--steps", "3"]) == 0
+    assert '"vertical":' in (tmp_path / "samples.txt").read_text()
+    assert main(["plot-metrics", str(tmp_path)]) == 0
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_console_script_and_module_entry_points_work():
+    r = subprocess.run(["fusion", "ls"], capture_output=True, text=True)
+    assert r.returncode == 0 and "toy" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fusion_core.cli", "ls"], capture_output=True, text=True)
+    assert r.returncode == 0 and "toy" in r.stdout

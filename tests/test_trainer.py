@@ -1,0 +1,165 @@
+"""The engine: exact resume after SIGKILL (in training and mid-checkpoint), 1 vs 2 processes,
+gradient accumulation, NaN detection, LR schedule, EMA."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fusion_core.config import to_object
+from fusion_core.recipe import get_recipe
+from fusion_core.trainer import EMA, OptimArgs, Trainer, TrainingDiverged, lr_factor
+
+TOY = ["--preset", "tiny", "train.progress=false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def fusion(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "fusion_core.cli", *args], env=env or ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def losses(run_dir):
+    recs = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs}
+
+
+def final_weights(run_dir):
+    ck = Path(run_dir) / "checkpoints"
+    return load_file(str(ck / (ck / "latest").read_text().strip() / "model.safetensors"))
+
+
+def wait_for(pred, proc, timeout=60):
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early:\n{proc.stdout.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    d = tmp_path_factory.mktemp("straight")
+    p = fusion("run", "toy", *TOY, f"run_dir={d}", "train.steps=24", "train.ckpt_every=6")
+    assert p.wait() == 0, p.stdout.read()
+    return d
+
+
+def _assert_same_run(a, b):
+    la, lb = losses(a), losses(b)
+    assert sorted(la) == list(range(1, 25)) and sorted(lb) == list(range(1, 25))
+    assert max(abs(la[s] - lb[s]) for s in la) == 0.0, "losses differ after resume"
+    wa, wb = final_weights(a), final_weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "final weights differ after resume"
+
+
+def test_sigkill_during_training_then_resume_is_exact(straight, tmp_path):
+    p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6")
+    wait_for(lambda: (tmp_path / "checkpoints" / "step_00000012").is_dir(), p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert max(losses(tmp_path)) < 24, "the run finished before it was killed"
+    r = fusion("resume", str(tmp_path))
+    assert r.wait() == 0, r.stdout.read()
+    _assert_same_run(straight, tmp_path)
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(straight, tmp_path):
+    env = {**ENV, "FUSION_CKPT_WRITE_DELAY": "30"}
+    p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6", env=env)
+    ck = tmp_path / "checkpoints"
+    wait_for(lambda: ck.is_dir() and any(x.name.startswith(".tmp-") for x in ck.iterdir()), p)
+    p.send_signal(signal.SIGKILL)  # the first checkpoint (step 6) is half written
+    p.wait()
+    assert not (ck / "step_00000006").exists() and not (ck / "latest").exists()
+    r = fusion("resume", str(tmp_path))  # nothing good to resume: starts over, exactly
+    assert r.wait() == 0, r.stdout.read()
+    _assert_same_run(straight, tmp_path)
+    # and once more: a later half-written checkpoint falls back to the newest complete one
+    p = fusion("resume", str(tmp_path), "train.steps=30", env=env)
+    wait_for(lambda: any(x.name.startswith(".tmp-step_00000030") for x in ck.iterdir()), p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (ck / "latest").read_text().strip() == "step_00000024"
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(straight, tmp_path, strategy):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "fusion_core.cli", "run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24",
+           "train.ckpt_every=6", f"train.strategy={strategy}"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    one, two = losses(straight), losses(tmp_path)
+    diff = max(abs(one[s] - two[s]) for s in one)
+    assert diff < 1e-4 * max(one.values()), diff
+    assert len(list((tmp_path / "checkpoints").glob("step_*"))) == 3  # rank 0 alone writes
+
+
+def _trainer(tmp_path, **train_overrides):
+    recipe = get_recipe("toy")
+    cfg = recipe.load_config("tiny", overrides=[f"run_dir={tmp_path}"] +
+                             [f"train.{k}={v}" for k, v in train_overrides.items()])
+    c = to_object(cfg)
+    mod = sys.modules[recipe.train.__module__]
+    torch.manual_seed(0)
+    model = mod.build_model(c)
+    data = mod.build_dataset(c, model)
+
+    def collate(model, examples, seeds):
+        return model.collate(examples, max_len=c.data.max_len, pack=True, seeds=seeds)
+
+    return Trainer(model, data, collate, c.train, tmp_path)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    a = _trainer(tmp_path / "a").fit()
+    b = _trainer(tmp_path / "b", grad_accum=2).fit()
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+
+
+def test_nan_loss_stops_with_step_and_part(tmp_path):
+    t = _trainer(tmp_path)
+    with torch.no_grad():
+        t.model.adapters["image"].patch_out.weight.fill_(float("nan"))
+    before = t.model.adapters["text"].embedding.weight.clone()
+    with pytest.raises(TrainingDiverged, match=r"step 0: loss part 'image' is nan"):
+        t.fit()
+    assert torch.equal(before, t.model.adapters["text"].embedding.weight)  # no update applied
+
+
+def test_batch_size_must_split_over_accumulation():
+    with pytest.raises(ValueError, match="multiple of grad_accum"):
+        _trainer(Path("/tmp/unused"), batch_size=3, grad_accum=2)
+
+
+def test_warmup_then_cosine_to_min_lr():
+    a = OptimArgs(lr=3e-4, min_lr=1.5e-5, warmup=10)
+    f = [lr_factor(s, a, 110) * a.lr for s in range(111)]
+    assert f[0] == pytest.approx(3e-5) and f[9] == pytest.approx(3e-4)
+    assert f[60] == pytest.approx(1.5e-5 + (3e-4 - 1.5e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f[110] == pytest.approx(1.5e-5)
+
+
+def test_ema_tracks_weights():
+    m = torch.nn.Linear(2, 2)
+    ema = EMA(m, decay=0.5)
+    start = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(2.0)
+    ema.update(m)
+    torch.testing.assert_close(ema.shadow["weight"], start + 1.0)
+    ema.copy_to(m)
+    torch.testing.assert_close(m.weight.detach(), start + 1.0)
