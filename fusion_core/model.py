@@ -79,13 +79,16 @@ class FusionModel(nn.Module):
         loss_weights: per-modality overrides of the weights (discrete default 1).
         cond_dropout: probability, per example in training, of replacing the discrete segments
             before its first continuous span with their ``drop_condition`` version (CFG training).
+        fourier_weight: per continuous modality, weight of an extra term on each span: MSE between
+            the FFT (along the payload's first axis) of the predicted and the true x0 (Diffusion-TS's
+            frequency-domain loss for time series). Default: none.
     """
 
     def __init__(self, backbone: Transformer | TransformerArgs,
                  adapters: Mapping[str, Adapter] | Sequence[Adapter],
                  diffusion: Mapping[str, GaussianDiffusion] | GaussianDiffusion | None = None,
                  diffusion_weight: float = 5.0, loss_weights: Mapping[str, float] | None = None,
-                 cond_dropout: float = 0.0):
+                 cond_dropout: float = 0.0, fourier_weight: Mapping[str, float] | None = None):
         super().__init__()
         self.backbone = backbone if isinstance(backbone, Transformer) else Transformer(backbone)
         if not isinstance(adapters, Mapping):
@@ -118,6 +121,10 @@ class FusionModel(nn.Module):
         if not 0 <= cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.cond_dropout = cond_dropout
+        self.fourier_weight = dict(fourier_weight or {})
+        unknown = set(self.fourier_weight) - set(continuous)
+        if unknown:
+            raise ValueError(f"fourier_weight names non-continuous or unknown modalities {sorted(unknown)}")
 
     @property
     def dim(self) -> int:
@@ -192,7 +199,7 @@ class FusionModel(nn.Module):
         payloads = self._payloads(batch)
         if batch.seeds is not None and t is None and noise is None:
             t, noise = self._seeded_draws(batch, payloads)
-        embedded, targets, steps = {}, {}, {}
+        embedded, targets, steps, noisy, clean = {}, {}, {}, {}, {}
         for name, items in payloads.items():
             a = self.adapters[name]
             x = [it.payload.to(self.device) for it in items]
@@ -215,6 +222,7 @@ class FusionModel(nn.Module):
                 x_t = [diff.q_sample(p[None], tt[i : i + 1], e[None])[0] for i, (p, e) in enumerate(zip(x, eps))]
                 targets[name] = [diff.target(p[None], e[None], tt[i : i + 1])[0]
                                  for i, (p, e) in enumerate(zip(x, eps))]
+                noisy[name], clean[name] = x_t, x
                 embedded[name] = a.embed(x_t, tt)
             else:
                 embedded[name] = a.embed(x)
@@ -232,6 +240,8 @@ class FusionModel(nn.Module):
                 total = F.cross_entropy(pred.float(), tgt, ignore_index=-100, reduction="sum")
             else:
                 span = torch.stack([(p.float() - y.float()).pow(2).mean() for p, y in zip(pred, targets[name])])
+                if self.fourier_weight.get(name):
+                    span = span + self.fourier_weight[name] * self._fourier(name, pred, noisy[name], clean[name], steps[name])
                 total, counts[name] = span.sum(), len(span)
             denom = normalize[name] if normalize is not None and name in normalize else counts[name]
             parts[name] = total / denom
@@ -239,6 +249,16 @@ class FusionModel(nn.Module):
             raise ValueError("batch has no loss targets (no next tokens and no continuous spans)")
         total = sum(self.loss_weights[n] * v for n, v in parts.items())
         return LossOutput(total, parts, counts, steps)
+
+    def _fourier(self, name, preds, x_t, x0, t) -> Tensor:
+        """Per span: MSE between FFTs (first axis, norm="forward") of predicted and true x0."""
+        diff = self.diffusion[name]
+        out = []
+        for i, (p, xt, x) in enumerate(zip(preds, x_t, x0)):
+            x0_hat = diff.convert(xt[None].float(), t[i : i + 1], p[None].float(), "x0")[0]
+            d = torch.fft.fft(x0_hat, dim=0, norm="forward") - torch.fft.fft(x.float(), dim=0, norm="forward")
+            out.append(d.abs().pow(2).mean())
+        return torch.stack(out)
 
     def target_counts(self, batch: Batch) -> dict[str, int]:
         """What :meth:`loss` averages over, per modality: next-token targets (discrete) or
@@ -361,21 +381,26 @@ class FusionModel(nn.Module):
             return a.embed(list(payloads), torch.zeros(len(payloads), dtype=torch.long, device=self.device))
         return a.embed(list(payloads))
 
-    def _run_block(self, a: Adapter, emb: Embedded, B: int, cache: KVCache, commit: bool) -> Tensor:
+    def _run_block(self, a: Adapter, emb: Embedded, B: int, cache: KVCache, commit: bool,
+                   rows: Tensor | None = None) -> Tensor:
         n = emb.tokens.shape[0] // B
         h = emb.tokens.view(B, n, self.dim)
         C = self.backbone.args.cond_dim
         cond = emb.cond.view(B, n, C) if emb.cond is not None else (
             torch.zeros(B, n, C, device=self.device) if C else None)
-        out = self.backbone.forward_cached(h, cache, block=a.attention, commit=commit, cond=cond)
+        valid = None if rows is None else rows.to(self.device).bool()[:, None].expand(B, n)
+        out = self.backbone.forward_cached(h, cache, block=a.attention, commit=commit, cond=cond, valid=valid)
         return out.reshape(B * n, self.dim)
 
     @torch.no_grad()
-    def text_step(self, ids: Tensor, cache: KVCache, modality: str = "text") -> Tensor:
-        """Append one token per row ``(B,)`` to the cache; return next-token logits ``(B, V)``."""
+    def text_step(self, ids: Tensor, cache: KVCache, modality: str = "text",
+                  rows: Tensor | None = None) -> Tensor:
+        """Append one token per row ``(B,)`` to the cache; return next-token logits ``(B, V)``.
+        ``rows`` ``(B,)`` bool marks the rows that really take a token (others get a padding
+        position that nothing attends to)."""
         a = self.adapter(modality)
         emb = a.embed(list(ids.view(-1, 1).to(self.device)))
-        return a.head(self._run_block(a, emb, ids.numel(), cache, commit=True), emb)
+        return a.head(self._run_block(a, emb, ids.numel(), cache, commit=True, rows=rows), emb)
 
     @torch.no_grad()
     def denoise_step(self, x_t: Tensor, t: Tensor, cache: KVCache, modality: str) -> Tensor:
@@ -386,10 +411,11 @@ class FusionModel(nn.Module):
         return torch.stack(list(a.head(self._run_block(a, emb, x_t.shape[0], cache, commit=False), emb)))
 
     @torch.no_grad()
-    def commit_span(self, x0: Tensor, cache: KVCache, modality: str) -> None:
-        """Write the clean span ``x0`` ``(B, *payload)`` into the cache (embedded at ``t = 0``)."""
+    def commit_span(self, x0: Tensor, cache: KVCache, modality: str, rows: Tensor | None = None) -> None:
+        """Write the clean span ``x0`` ``(B, *payload)`` into the cache (embedded at ``t = 0``);
+        with ``rows`` ``(B,)`` bool, only those rows get it (the others get padding positions)."""
         a = self.adapter(modality)
-        self._run_block(a, self._embed_clean(a, x0.to(self.device)), x0.shape[0], cache, commit=True)
+        self._run_block(a, self._embed_clean(a, x0.to(self.device)), x0.shape[0], cache, commit=True, rows=rows)
 
     @torch.no_grad()
     def sample_span(self, cache: KVCache, modality: str, shape: Sequence[int], sampler: Sampler,

@@ -316,7 +316,8 @@ class Transformer(nn.Module):
             h = layer(h, cond, lambda attn, x, i=i: attn.forward_cached(x, rope, cache, i, mask, commit))
         if commit:
             cache.valid[:, start : start + n] = valid
-            cache.next_position = positions[:, -1] + 1
+            # rows whose new positions are all padding keep their next position
+            cache.next_position = torch.where(valid.any(1), positions[:, -1] + 1, cache.next_position)
             cache.length = start + n
         return self._finish(h, cond)
 

@@ -1,0 +1,165 @@
+"""Data for the Transfusion recipe: the example format, loaders, and the built-in digits + prose.
+
+**Example format.** An example is a list of segments; a segment is a text string or an image
+``(C, H, W)`` float tensor in [0, 1]. In JSONL, one example per line::
+
+    {"segments": [{"text": "a handwritten seven"}, {"image": "images/7.png"}]}
+
+(image paths relative to the JSONL file). HF datasets: a ``text`` and an ``image`` column
+(caption + image pairs) or a ``segments`` column. Python: any iterable of such lists.
+
+**Built-in data.** sklearn's 8x8 digits (1797 images, values 0–16 → [0, 1]), kept at 8x8: the
+images carry no more detail than that, and 8x8 with 2x2 patches is 16 positions per image (4 with
+4x4 patches), which keeps CPU training in minutes; varied captions ("a handwritten seven", "the
+digit 7", ...); and plain English prose from the stdlib's ``pydoc_data.topics`` for the text-only
+share. Held-out digits and prose are fixed by index and never trained on.
+
+**Layout per example** (Transfusion sec. 3): caption first (80%): ``<bos> caption <boi>``,
+image, ``<eoi> <eos>``; image first (20%, captioning): ``<bos> <boi>``, image (noise limited to
+t <= 500), ``<eoi> caption <eos>``; prose: ``<bos> text <eos>``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TEMPLATES = ("a handwritten {w}", "the digit {d}", "a picture of the number {w}", "{w}",
+             "an image of a {w}", "number {d}", "the number {w}, written by hand", "digit {w}")
+
+
+def caption(digit: int, rng: random.Random) -> str:
+    return rng.choice(TEMPLATES).format(w=WORDS[digit], d=digit)
+
+
+def parse_digit(text: str) -> int | None:
+    """The digit a caption names (word or numeral), or None."""
+    for tok in text.lower().replace(",", " ").replace(".", " ").split():
+        if tok in WORDS:
+            return WORDS.index(tok)
+        if tok.isdigit() and len(tok) == 1:
+            return int(tok)
+    return None
+
+
+@dataclass
+class Digits:
+    images: torch.Tensor  # (n, 1, 8, 8) in [0, 1]
+    labels: torch.Tensor  # (n,)
+
+
+def load_digits(held_out: int = 297) -> tuple[Digits, Digits]:
+    """sklearn's digits split into train / held-out (the last ``held_out`` by a fixed permutation)."""
+    from sklearn.datasets import load_digits as sk
+
+    d = sk()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
+    tr, te = perm[:-held_out], perm[-held_out:]
+    return Digits(x[tr], y[tr]), Digits(x[te], y[te])
+
+
+def load_prose(held_out_fraction: float = 0.1, chunk: int = 192) -> tuple[list[str], list[str]]:
+    """The stdlib's pydoc topics as prose chunks of about ``chunk`` bytes; the last fraction of
+    topics is held out."""
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    cut = int(len(keys) * (1 - held_out_fraction))
+
+    def chunks(ks):
+        out = []
+        for k in ks:
+            text = " ".join(topics[k].split())
+            data = text.encode("utf-8")
+            for i in range(0, len(data), chunk):
+                piece = data[i : i + chunk].decode("utf-8", errors="ignore").strip()
+                if len(piece) > 16:
+                    out.append(piece)
+        return out
+
+    return chunks(keys[:cut]), chunks(keys[cut:])
+
+
+def load_jsonl(path: str | Path) -> list[list[Any]]:
+    """Examples from a JSONL file (see the module docstring).
+
+    Raises:
+        ValueError: a line that is not JSON, a segment that is neither text nor image, a missing
+            or unreadable image file — naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such JSONL file: {path}")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        segs = rec.get("segments") if isinstance(rec, dict) else None
+        if not isinstance(segs, list) or not segs:
+            raise ValueError(f'{path}:{n}: expected {{"segments": [{{"text": ...}} or {{"image": ...}}, ...]}}')
+        ex = []
+        for j, seg in enumerate(segs):
+            if isinstance(seg, dict) and "text" in seg:
+                ex.append(seg["text"])
+            elif isinstance(seg, dict) and "image" in seg:
+                ex.append(read_image(path.parent / seg["image"], where=f"{path}:{n} segment {j}"))
+            else:
+                raise ValueError(f"{path}:{n} segment {j}: expected {{'text': str}} or {{'image': path}}")
+        out.append(ex)
+    return out
+
+
+def read_image(path: Path, channels: int = 1, where: str = "") -> torch.Tensor:
+    """An image file → ``(C, H, W)`` float in [0, 1] (grayscale for C = 1)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise ValueError(f"{where or path}: image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{where or path}: cannot read image {path} ({e})") from None
+    return torch.from_numpy(arr)[None] if arr.ndim == 2 else torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def from_hf(dataset) -> list[list[Any]]:
+    """Examples from an HF dataset with ``text`` + ``image`` columns or a ``segments`` column."""
+    cols = set(dataset.column_names)
+    out = []
+    for row in dataset:
+        if "segments" in cols:
+            out.append(list(row["segments"]))
+        elif {"text", "image"} <= cols:
+            img = np.asarray(row["image"].convert("L"), dtype=np.float32) / 255.0
+            out.append([row["text"], torch.from_numpy(img)[None]])
+        else:
+            raise ValueError(f"HF dataset needs 'text' and 'image' columns or 'segments'; has {sorted(cols)}")
+    return out
+
+
+def check_example(ex: Sequence[Any], i: int) -> None:
+    """Raise ``ValueError`` unless every segment is a str or a (C, H, W) tensor."""
+    if not isinstance(ex, (list, tuple)) or not ex:
+        raise ValueError(f"example {i}: expected a non-empty list of segments (str or image tensor)")
+    for j, seg in enumerate(ex):
+        if isinstance(seg, str):
+            continue
+        if isinstance(seg, torch.Tensor) and seg.ndim == 3:
+            continue
+        raise ValueError(f"example {i}, segment {j}: expected a caption string or a (C, H, W) image tensor, "
+                         f"got {type(seg).__name__}")

@@ -1,0 +1,5 @@
+"""Recipe "timeseries" (TransFusion). See :mod:`.recipe`."""
+
+from .recipe import TSConfig, recipe
+
+__all__ = ["TSConfig", "recipe"]

@@ -1,0 +1,225 @@
+"""Quality metrics for synthetic time series, as TimeGAN / TransFusion define them, with the
+official code's faults fixed.
+
+- **Discriminative score** (TimeGAN): a 1-layer GRU classifier (hidden = F/2) trained on 80% of
+  real ∪ synthetic, ``|accuracy - 0.5|`` on the other 20%. Lower is better.
+- **Predictive score** (TimeGAN): a GRU trained on synthetic data to predict the last feature one
+  step ahead from the other features, mean absolute error on real data. Lower is better.
+- **LDS / LPS** (TransFusion sec. 4.2): the same with a small transformer encoder (mean-pooled
+  classifier; *causal* predictor).
+- **Correlational score**: mean absolute difference of the feature-feature Pearson correlation
+  matrices (off-diagonal).
+- **Context-FID-style**: Fréchet distance between real and synthetic embeddings from a GRU
+  encoder trained (self-supervised, next-step prediction) on the real data.
+- **Marginal JSD**: Jensen–Shannon divergence of each feature's histogram, averaged.
+
+Fixed faults of the official code: the metric networks are switched to eval mode for testing; the
+transformer predictor has a causal mask; one feature works (the predictor then forecasts that
+feature from its own past); the train/test split of the metric is by window, on data the
+generator never trained on when ``real`` is the held-out split.
+
+All inputs are ``(n, L, F)`` arrays already scaled to [0, 1] with the real data's per-feature range.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion_core.embeddings import sinusoidal
+
+
+class GRUNet(nn.Module):
+    """GRU over a window → one output per step (``per_step``) or from the last hidden state."""
+
+    def __init__(self, f_in: int, hidden: int, f_out: int, per_step: bool):
+        super().__init__()
+        self.gru = nn.GRU(f_in, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, f_out)
+        self.per_step = per_step
+
+    def forward(self, x):
+        h, last = self.gru(x)
+        return self.out(h) if self.per_step else self.out(last[-1])
+
+    def embed(self, x):
+        return self.gru(x)[1][-1]
+
+
+class TransformerNet(nn.Module):
+    """A small transformer encoder: mean-pooled output (classifier) or per-step causal output."""
+
+    def __init__(self, f_in: int, f_out: int, per_step: bool, d: int = 64, layers: int = 2):
+        super().__init__()
+        self.inp = nn.Linear(f_in, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(d, f_out)
+        self.per_step, self.d = per_step, d
+
+    def forward(self, x):
+        L = x.shape[1]
+        h = self.inp(x) + sinusoidal(torch.arange(L, device=x.device), self.d)
+        mask = nn.Transformer.generate_square_subsequent_mask(L, device=x.device) if self.per_step else None
+        h = self.enc(h, mask=mask, is_causal=self.per_step)
+        return self.out(h) if self.per_step else self.out(h.mean(1))
+
+
+def _batches(n: int, batch: int, g: torch.Generator):
+    return torch.randint(0, n, (min(batch, n),), generator=g)  # CPU indices work on any device
+
+
+def _split(x: np.ndarray, g: torch.Generator, frac: float = 0.8):
+    perm = torch.randperm(len(x), generator=g).numpy()
+    k = int(round(frac * len(x)))
+    return torch.as_tensor(x[perm[:k]]).float(), torch.as_tensor(x[perm[k:]]).float()
+
+
+def discriminative_score(real: np.ndarray, fake: np.ndarray, arch: str = "gru", iters: int = 2000,
+                         batch: int = 128, seed: int = 0, device: str = "cpu") -> float:
+    """``|accuracy - 0.5|`` of a real-vs-synthetic classifier on held-out windows."""
+    _check(real, fake)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    r_tr, r_te = (x.to(device) for x in _split(real, g))
+    f_tr, f_te = (x.to(device) for x in _split(fake, g))
+    Fdim = real.shape[2]
+    net = GRUNet(Fdim, max(Fdim // 2, 1), 1, per_step=False) if arch == "gru" else TransformerNet(Fdim, 1, False)
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    for _ in range(iters):
+        xb = torch.cat([r_tr[_batches(len(r_tr), batch, g)], f_tr[_batches(len(f_tr), batch, g)]])
+        yb = torch.cat([torch.ones(min(batch, len(r_tr))), torch.zeros(min(batch, len(f_tr)))]).to(device)
+        loss = F.binary_cross_entropy_with_logits(net(xb)[:, 0], yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()  # the official code never did this
+    with torch.no_grad():
+        pred = torch.cat([net(r_te)[:, 0] > 0, net(f_te)[:, 0] > 0])
+    truth = torch.cat([torch.ones(len(r_te), dtype=torch.bool), torch.zeros(len(f_te), dtype=torch.bool)]).to(device)
+    return abs(float((pred == truth).float().mean()) - 0.5)
+
+
+def predictive_score(real: np.ndarray, fake: np.ndarray, arch: str = "gru", iters: int = 5000,
+                     batch: int = 128, seed: int = 0, device: str = "cpu") -> float:
+    """Train on synthetic, test on real: MAE of one-step-ahead prediction of the last feature."""
+    _check(real, fake)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    Fdim = real.shape[2]
+
+    def xy(d):
+        d = torch.as_tensor(d).float().to(device)
+        if Fdim == 1:  # forecast the only feature from its own past
+            return d[:, :-1], d[:, 1:]
+        return d[:, :-1, :-1], d[:, 1:, -1:]
+
+    fx, fy = xy(fake)
+    rx, ry = xy(real)
+    f_in = fx.shape[2]
+    net = GRUNet(f_in, max(Fdim // 2, 1), 1, per_step=True) if arch == "gru" else TransformerNet(f_in, 1, True)
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    for _ in range(iters):
+        i = _batches(len(fx), batch, g)
+        loss = (torch.sigmoid(net(fx[i])) - fy[i]).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        return float((torch.sigmoid(net(rx)) - ry).abs().mean())
+
+
+def correlational_score(real: np.ndarray, fake: np.ndarray) -> float:
+    """Mean absolute difference of off-diagonal feature correlations (0 when F = 1)."""
+    _check(real, fake)
+    Fdim = real.shape[2]
+    if Fdim == 1:
+        return 0.0
+
+    def corr(x):
+        c = np.corrcoef(x.reshape(-1, Fdim).T)
+        return np.nan_to_num(c)
+
+    off = ~np.eye(Fdim, dtype=bool)
+    return float(np.abs(corr(real) - corr(fake))[off].mean())
+
+
+def marginal_jsd(real: np.ndarray, fake: np.ndarray, bins: int = 50) -> float:
+    """Jensen–Shannon divergence (bits) of per-feature value histograms, averaged over features."""
+    _check(real, fake)
+    out = []
+    for f in range(real.shape[2]):
+        r, s = real[..., f].ravel(), fake[..., f].ravel()
+        lo, hi = min(r.min(), s.min()), max(r.max(), s.max())
+        edges = np.linspace(lo, hi + 1e-12, bins + 1)
+        p = np.histogram(r, edges)[0] + 1e-10
+        q = np.histogram(s, edges)[0] + 1e-10
+        p, q = p / p.sum(), q / q.sum()
+        m = (p + q) / 2
+        out.append(0.5 * (p * np.log2(p / m)).sum() + 0.5 * (q * np.log2(q / m)).sum())
+    return float(np.mean(out))
+
+
+def context_fid(real: np.ndarray, fake: np.ndarray, iters: int = 1000, batch: int = 128,
+                hidden: int = 32, seed: int = 0, device: str = "cpu") -> float:
+    """Fréchet distance of GRU embeddings (encoder trained on real data to predict the next step)."""
+    _check(real, fake)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    r = torch.as_tensor(real).float().to(device)
+    Fdim = r.shape[2]
+    net = GRUNet(Fdim, hidden, Fdim, per_step=True).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(iters):
+        i = _batches(len(r), batch, g)
+        loss = (net(r[i, :-1]) - r[i, 1:]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        er = net.embed(r).double().cpu().numpy()
+        ef = net.embed(torch.as_tensor(fake).float().to(device)).double().cpu().numpy()
+    return frechet_distance(er, ef)
+
+
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of ``a`` and ``b``:
+    ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)`` (symmetric form, stable for
+    singular covariances)."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    r1 = _psd_sqrt(s1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(_psd_sqrt(r1 @ s2 @ r1)))
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval over repeated runs."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    from scipy import stats
+
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _check(real: np.ndarray, fake: np.ndarray) -> None:
+    if real.ndim != 3 or fake.ndim != 3 or real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"real and synthetic must both be (n, L, F) with equal L, F; got "
+                         f"{real.shape} and {fake.shape}")
+    if len(real) < 4 or len(fake) < 4:
+        raise ValueError("need at least 4 windows of each to score")

@@ -1,0 +1,127 @@
+"""The multimodal_lm recipe: data layout, noise limiting, packing, generation, CLI, bad input."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fusion_core.cli import main
+from fusion_core.config import to_object
+from fusion_core.diffusion import make_sampler
+from fusion_core.masks import dense_mask
+from fusion_core.model import Item
+from fusion_core.recipe import get_recipe
+from fusion_core.recipes.multimodal_lm import data as D
+from fusion_core.recipes.multimodal_lm.generate import caption_images, generate, text_to_image
+from fusion_core.recipes.multimodal_lm.recipe import build_dataset, build_model, encode_pair
+
+
+@pytest.fixture(scope="module")
+def setup():
+    c = to_object(get_recipe("multimodal_lm").load_config("tiny"))
+    torch.manual_seed(0)
+    model = build_model(c)
+    return c, model
+
+
+def test_digits_and_prose_split_and_captions():
+    tr, te = D.load_digits()
+    assert tr.images.shape[1:] == (1, 8, 8) and len(tr.labels) + len(te.labels) == 1797
+    assert tr.images.min() >= 0 and tr.images.max() <= 1
+    train_prose, test_prose = D.load_prose()
+    assert len(train_prose) > 1000 and len(test_prose) > 50 and not set(train_prose) & set(test_prose)
+    rng = random.Random(0)
+    for d in range(10):
+        assert D.parse_digit(D.caption(d, rng)) == d
+
+
+def test_pair_layouts_and_noise_limiting(setup):
+    c, model = setup
+    text = model.adapters["text"]
+    img = torch.rand(1, 8, 8)
+    first = encode_pair(model, "the digit 3", img, image_first=False, noise_limit=500)
+    assert int(first[0].payload[-1]) == text.boi("image") and first[1].max_t is None
+    cap = encode_pair(model, "the digit 3", img, image_first=True, noise_limit=500)
+    assert cap[0].payload.tolist() == [text.special("<bos>"), text.boi("image")] and cap[1].max_t == 500
+    assert text.decode(cap[2].payload) == "the digit 3"
+    batch = model.collate([first, cap] * 8)
+    seen = torch.stack([model.loss(batch, generator=torch.Generator().manual_seed(s)).timesteps["image"]
+                        for s in range(30)])
+    assert seen[:, 1::2].max() <= 500 and seen[:, 0::2].max() > 500  # only image-first spans limited
+    # the BOI position (last of the first text segment) has no LM target
+    tgt = model._lm_targets(batch.layout, model._payloads(batch)).view(batch.layout.batch_size, -1)
+    boi = batch.layout.placements[0].stop - 1
+    assert tgt[0, boi] == -100
+
+
+def test_packing_keeps_documents_apart(setup):
+    c, model = setup
+    data = build_dataset(c, model)[:12]
+    batch = model.collate(data, max_len=c.data.max_len, pack=True)
+    lay = batch.layout
+    assert lay.batch_size < len(data)  # several examples per row
+    mask = dense_mask(lay.document, lay.span)[:, 0]
+    same_doc = lay.document[:, :, None] == lay.document[:, None, :]
+    real = ~lay.padding
+    assert not (mask & ~same_doc & real[:, :, None]).any()
+    for p in lay.placements:  # images never split across rows
+        assert p.stop <= lay.seq_len
+
+
+def test_generation_switches_modes_and_forced_images_have_the_right_size(setup):
+    c, model = setup
+    text = model.adapters["text"]
+    sampler = make_sampler("ddim", model.diffusion["image"], 3, clip_x0=1.0)
+    prompts = [[Item("text", text.encode("a two", bos=True))], [Item("text", text.encode("the digit", bos=True))]]
+    gens = generate(model, prompts, sampler, (1, 8, 8), max_new_tokens=6, force_image=True)
+    for g in gens:
+        imgs = [s for s in g.segments if isinstance(s, torch.Tensor)]
+        assert len(imgs) == 1 and imgs[0].shape == (1, 8, 8) and 0 <= imgs[0].min() and imgs[0].max() <= 1
+    out = text_to_image(model, ["a two", "a three", "four"], sampler, (1, 8, 8), guidance=3.0)
+    assert out.shape == (3, 1, 8, 8)
+    caps = caption_images(model, torch.rand(2, 1, 8, 8), max_new_tokens=5)
+    assert len(caps) == 2 and all(isinstance(x, str) for x in caps)
+
+
+def test_bad_input_fails_clearly(setup, tmp_path):
+    c, model = setup
+    with pytest.raises(ValueError, match="3 channels, expected 1"):
+        encode_pair(model, "a two", torch.rand(3, 8, 8), False, 500)
+    with pytest.raises(ValueError, match="caption must be a string"):
+        encode_pair(model, 7, torch.rand(1, 8, 8), False, 500)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="cannot read image"):
+        D.read_image(bad)
+    jl = tmp_path / "d.jsonl"
+    jl.write_text('{"segments": [{"text": "a two"}, {"image": "missing.png"}]}\n')
+    with pytest.raises(ValueError, match="d.jsonl:1 segment 1: image file not found"):
+        D.load_jsonl(jl)
+    with pytest.raises(ValueError, match="example 0, segment 1: expected a caption string"):
+        D.check_example(["a two", 3], 0)
+
+
+def test_jsonl_examples_load(tmp_path):
+    arr = (np.random.default_rng(0).uniform(size=(8, 8)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    (tmp_path / "d.jsonl").write_text('{"segments": [{"text": "a two"}, {"image": "x.png"}]}\n')
+    ex = D.load_jsonl(tmp_path / "d.jsonl")
+    assert ex[0][0] == "a two" and ex[0][1].shape == (1, 8, 8)
+
+
+def test_cli_trains_samples_text_image_and_caption(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "multimodal_lm", "--preset", "tiny", f"run_dir={run}", "eval.after_train=false"]) == 0
+    assert main(["sample", str(run), "--prompt", "a handwritten seven", "--max-new-tokens", "5"]) == 0
+    assert main(["sample", str(run), "--prompt", "the digit 3", "--image-first"]) == 0
+    assert (run / "samples" / "image_000.png").is_file()
+    Image.fromarray((np.random.default_rng(0).uniform(size=(8, 8)) * 255).astype(np.uint8)).save(tmp_path / "d.png")
+    assert main(["sample", str(run), "--image", str(tmp_path / "d.png"), "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "d.png:" in out and "[image:" in out
+    with pytest.raises(ValueError, match="exceeds the maximum"):
+        main(["sample", str(run), "--prompt", "x" * 2000])
+    assert main(["evaluate", str(run), "--per-digit", "1", "--captions", "3", "--steps", "2"]) == 0
+    assert (run / "report.md").is_file() and (run / "t2i_grid.png").is_file()

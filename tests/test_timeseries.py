@@ -1,0 +1,154 @@
+"""The timeseries recipe: data, no leaks, conditional generation, metrics at their extremes, CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fusion_core.cli import main
+from fusion_core.recipes.timeseries import generate, metrics
+from fusion_core.recipes.timeseries.data import (chronological_split, from_dataframe, handle_missing,
+                                                 load_series, prepare, sine, windows)
+
+
+def test_sine_generator_follows_timegan_recipe():
+    x = sine(500, 24, 3, seed=1)
+    assert x.shape == (500, 24, 3) and x.min() >= 0 and x.max() <= 1
+    s = np.arcsin(2 * x.astype(np.float64) - 1)  # = f t + phase while f t + phase < pi/2
+    phase, freq = s[:, 0], s[:, 1] - s[:, 0]
+    assert phase.min() >= 0 and phase.max() <= 0.1 + 1e-6
+    assert freq.min() >= -1e-6 and freq.max() <= 0.1 + 1e-6
+    assert abs(phase.mean() - 0.05) < 0.01 and abs(freq.mean() - 0.05) < 0.01  # U(0, 0.1)
+    assert np.array_equal(x, sine(500, 24, 3, seed=1)) and not np.array_equal(x, sine(500, 24, 3, seed=2))
+
+
+def test_no_window_crosses_a_split_boundary(tmp_path):
+    T = 1000
+    df = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=T)[::-1], "t": np.arange(T)[::-1],
+                       "y": np.random.default_rng(0).normal(size=T)})
+    df.to_csv(tmp_path / "s.csv", index=False)
+    s = prepare(str(tmp_path / "s.csv"), length=50, time_column="date")
+    assert s.columns == ["t", "y"]
+    tr, va, te = (x[..., 0] for x in (s.train, s.validation, s.test))
+    assert tr.max() < va.min() and va.max() < te.min()  # sorted by date, split before windowing
+    assert tr.max() == 799 and va.min() == 800 and te.max() == 999
+    assert s.fit_data[:, 0].max() == 799  # the scaler never sees validation/test data
+    assert len(s.train) == 800 - 50 + 1
+
+
+def test_scaler_round_trip_on_recipe_data():
+    from fusion_core.modalities.timeseries import TimeSeriesAdapter
+
+    s = prepare("sine", length=24, sine_samples=100, sine_features=2)
+    ad = TimeSeriesAdapter(8, 2).fit(s.fit_data)
+    w = s.test[0]
+    np.testing.assert_allclose(ad.decode(ad.encode(w)).numpy(), w, atol=1e-6)
+
+
+def test_bad_input_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="missing values .*data.missing=interpolate"):
+        handle_missing(np.array([[1.0], [np.nan], [3.0]]), "error")
+    filled, _ = handle_missing(np.array([[1.0], [np.nan], [3.0]]), "interpolate")
+    assert filled[1, 0] == 2.0
+    with pytest.raises(ValueError, match="shorter than the window length 10"):
+        windows(np.zeros((5, 2)), 10)
+    with pytest.raises(ValueError, match="fewer than the window length"):
+        chronological_split(100, [0.8, 0.1, 0.1], 24)
+    with pytest.raises(ValueError, match=r"non-numeric columns \['name'\]"):
+        from_dataframe(pd.DataFrame({"a": [1.0, 2.0], "name": ["x", "y"]}))
+    with pytest.raises(ValueError, match="no such file"):
+        load_series(str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match="sum to 1"):
+        chronological_split(100, [0.5, 0.1], 5)
+
+
+def _tiny_model(L=16, F=2):
+    from fusion_core.diffusion import GaussianDiffusion
+    from fusion_core import TransformerArgs
+    from fusion_core.model import FusionModel
+    from fusion_core.modalities.timeseries import TimeSeriesAdapter
+
+    torch.manual_seed(0)
+    ad = TimeSeriesAdapter(16, F).fit(np.random.default_rng(0).uniform(size=(100, F)))
+    return FusionModel(TransformerArgs(dim=16, n_layers=1, n_heads=2), [ad],
+                       diffusion=GaussianDiffusion("cosine", 100, "v"))
+
+
+def test_imputation_and_forecast_keep_observed_values_exactly():
+    model = _tiny_model()
+    x = torch.rand(3, 16, 2) * 2 - 1
+    mask = torch.rand(3, 16, 2) > 0.5
+    for name, steps in (("ddpm", None), ("dpm_solver", 10)):
+        out = generate.impute(model, x, mask, generate.make(model, name, steps), resample=2)
+        assert torch.equal(out[mask], x[mask]) and torch.isfinite(out).all()
+        assert not torch.equal(out[~mask], x[~mask])
+    fc = generate.forecast(model, x[:, :10], 16, generate.make(model, "ddim", 5))
+    assert fc.shape == (3, 16, 2) and torch.equal(fc[:, :10], x[:, :10])
+
+
+def test_longer_than_window_generation_chains_overlapping_windows():
+    model = _tiny_model()
+    out = generate.generate_long(model, 2, 40, 16, 2, generate.make(model, "ddim", 4), overlap=8)
+    assert out.shape == (2, 40, 2) and torch.isfinite(out).all()
+
+
+@pytest.fixture(scope="module")
+def real():
+    return sine(600, 16, 4, seed=0)
+
+
+def test_metrics_are_near_ideal_for_real_vs_real_and_worst_for_noise(real):
+    a, b = real[:300], real[300:]
+    noise = np.random.default_rng(1).uniform(size=a.shape).astype(np.float32)
+    kw = dict(iters=400, batch=64, seed=0)
+    d_same, d_noise = metrics.discriminative_score(a, b, "gru", **kw), metrics.discriminative_score(a, noise, "gru", **kw)
+    assert d_same < 0.1 and d_noise > 0.35, (d_same, d_noise)
+    p_same, p_noise = metrics.predictive_score(a, b, "gru", **kw), metrics.predictive_score(a, noise, "gru", **kw)
+    assert p_same < 0.6 * p_noise, (p_same, p_noise)
+    kw = dict(iters=150, batch=32, seed=0)
+    l_same, l_noise = (metrics.discriminative_score(a, b, "transformer", **kw),
+                       metrics.discriminative_score(a, noise, "transformer", **kw))
+    assert l_same < 0.1 and l_noise > 0.35, (l_same, l_noise)
+    q_same, q_noise = (metrics.predictive_score(a, b, "transformer", **kw),
+                       metrics.predictive_score(a, noise, "transformer", **kw))
+    assert q_same < 0.6 * q_noise, (q_same, q_noise)
+    assert metrics.correlational_score(a, b) < 0.1 < metrics.correlational_score(a, noise)
+    assert metrics.marginal_jsd(a, b) < 0.02 < 0.3 < metrics.marginal_jsd(a, noise)
+    f_same, f_noise = metrics.context_fid(a, b, iters=150), metrics.context_fid(a, noise, iters=150)
+    assert f_same < 0.2 * f_noise, (f_same, f_noise)
+
+
+def test_metrics_work_with_one_feature_and_reject_mismatched_shapes(real):
+    one = real[..., :1]
+    assert 0 <= metrics.predictive_score(one[:100], one[100:200], iters=20) < 1
+    assert metrics.correlational_score(one, one) == 0.0
+    with pytest.raises(ValueError, match=r"\(n, L, F\)"):
+        metrics.discriminative_score(real, real[:, :10])
+    lo, hi = metrics.mean_ci95([1.0, 2.0, 3.0])
+    assert lo == 2.0 and abs(hi - 4.303 * 1 / 3**0.5) < 1e-3
+
+
+def test_cli_runs_tiny_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    assert main(["run", "timeseries", "--preset", "tiny", f"run_dir={run}"]) == 0
+    for f in ("config.yaml", "checkpoints/latest", "metrics.jsonl", "eval.json", "report.md", "pca.png",
+              "overlay.png", "eval_samples.npy"):
+        assert (run / f).exists(), f
+    assert "discriminative" in (run / "report.md").read_text()
+    assert main(["sample", str(run), "--n", "5", "--out", "s.csv"]) == 0
+    df = pd.read_csv(run / "s.csv")
+    assert list(df.columns[:2]) == ["series", "step"] and df["series"].nunique() == 5
+    assert main(["sample", str(run), "--n", "3", "--length", "40", "--out", "long.npy"]) == 0
+    assert np.load(run / "long.npy").shape == (3, 40, 3)
+    hist = np.load(run / "long.npy")[:, :10]
+    np.save(tmp_path / "hist.npy", hist)
+    assert main(["sample", str(run), "--history", str(tmp_path / "hist.npy"), "--out", "fc.npy"]) == 0
+    fc = np.load(run / "fc.npy")
+    assert fc.shape == (3, 16, 3) and np.array_equal(fc[:, :10], hist)
+    gaps = np.load(run / "long.npy")[:, :16].copy()
+    gaps[:, 3:7, 1] = np.nan
+    np.save(tmp_path / "gaps.npy", gaps)
+    assert main(["sample", str(run), "--impute", str(tmp_path / "gaps.npy"), "--out", "imp.npy"]) == 0
+    imp = np.load(run / "imp.npy")
+    ok = np.isfinite(gaps)
+    assert np.array_equal(imp[ok], gaps[ok]) and np.isfinite(imp).all()
