@@ -219,9 +219,13 @@ class FusionModel(nn.Module):
                            for p in x]
                 if len(eps) != n or tt.shape != (n,):
                     raise ValueError(f"{name!r}: need {n} steps and noises, got {tuple(tt.shape)} and {len(eps)}")
-                x_t = [diff.q_sample(p[None], tt[i : i + 1], e[None])[0] for i, (p, e) in enumerate(zip(x, eps))]
-                targets[name] = [diff.target(p[None], e[None], tt[i : i + 1])[0]
-                                 for i, (p, e) in enumerate(zip(x, eps))]
+                if all(p.shape == x[0].shape for p in x):  # one batched op for same-shape spans
+                    X, E = torch.stack(x), torch.stack(eps)
+                    x_t, targets[name] = list(diff.q_sample(X, tt, E)), list(diff.target(X, E, tt))
+                else:
+                    x_t = [diff.q_sample(p[None], tt[i : i + 1], e[None])[0] for i, (p, e) in enumerate(zip(x, eps))]
+                    targets[name] = [diff.target(p[None], e[None], tt[i : i + 1])[0]
+                                     for i, (p, e) in enumerate(zip(x, eps))]
                 noisy[name], clean[name] = x_t, x
                 embedded[name] = a.embed(x_t, tt)
             else:
@@ -239,7 +243,10 @@ class FusionModel(nn.Module):
                     continue
                 total = F.cross_entropy(pred.float(), tgt, ignore_index=-100, reduction="sum")
             else:
-                span = torch.stack([(p.float() - y.float()).pow(2).mean() for p, y in zip(pred, targets[name])])
+                if all(p.shape == pred[0].shape for p in pred):
+                    span = (torch.stack(pred).float() - torch.stack(targets[name]).float()).pow(2).flatten(1).mean(1)
+                else:
+                    span = torch.stack([(p.float() - y.float()).pow(2).mean() for p, y in zip(pred, targets[name])])
                 if self.fourier_weight.get(name):
                     span = span + self.fourier_weight[name] * self._fourier(name, pred, noisy[name], clean[name], steps[name])
                 total, counts[name] = span.sum(), len(span)

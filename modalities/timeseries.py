@@ -138,11 +138,22 @@ class TimeSeriesAdapter(Adapter):
             raise ValueError("time-series embed needs the diffusion step t")
         device = self.inp.weight.device
         lengths = [p.shape[0] // self.patch for p in payloads]
+        temb = self.t_embed(t.to(device))  # n D
+        if len(set(lengths)) == 1:  # all windows alike: one batched pass
+            n = lengths[0]
+            x = rearrange(torch.stack(list(payloads)).to(device), "b (n k) f -> b n (k f)", k=self.patch)
+            tok = self.inp(x) + sinusoidal(torch.arange(n, device=device), self.dim)  # b n D
+            cond = None
+            if self.timestep == "token":
+                tok = torch.cat([temb[:, None], tok], dim=1)
+            elif self.timestep == "add":
+                tok = tok + temb[:, None]
+            else:
+                cond = temb[:, None].expand(-1, n, -1).reshape(-1, self.dim)
+            return Embedded(tok.reshape(-1, self.dim), cond=cond, context=lengths)
         x = torch.cat([rearrange(p.to(device), "(n k) f -> n (k f)", k=self.patch) for p in payloads])
         pos = torch.cat([sinusoidal(torch.arange(n, device=device), self.dim) for n in lengths])
-        tok = self.inp(x) + pos  # N D
-        temb = self.t_embed(t.to(device))  # n D
-        per = list(tok.split(lengths))
+        per = list((self.inp(x) + pos).split(lengths))  # each n_i D
         cond = None
         if self.timestep == "token":
             per = [torch.cat([temb[i : i + 1], seq]) for i, seq in enumerate(per)]
@@ -155,5 +166,8 @@ class TimeSeriesAdapter(Adapter):
     def head(self, hidden: Tensor, embedded: Embedded) -> list[Tensor]:
         lengths = embedded.context
         extra = 1 if self.timestep == "token" else 0
+        if len(set(lengths)) == 1:
+            seq = hidden.view(len(lengths), lengths[0] + extra, -1)[:, extra:]
+            return list(rearrange(self.out(seq), "b n (k f) -> b (n k) f", k=self.patch))
         per = hidden.split([n + extra for n in lengths])
         return [rearrange(self.out(seq[extra:]), "n (k f) -> (n k) f", k=self.patch) for seq in per]

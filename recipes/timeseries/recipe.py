@@ -347,6 +347,9 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     write_report(run_dir, c, result, pics, f"report{suffix}.md")
     for k, (m, ci) in scores.items():
         log.info("%-28s %.4f ± %.4f", NAMES[k], m, ci)
+    for k, v in (long_result or {}).get("scores", {}).items():
+        log.info("%-28s %.4f ± %.4f (windows cut from %dx-long series)", NAMES[k], v["mean"], v["ci95"],
+                 a.long_factor)
     return result
 
 
