@@ -4,10 +4,11 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
 R=/tmp/runs; mkdir -p $R
 ev() { timeout "$1" fusion evaluate "${@:2}" --no-tsne 2>&1 | grep -E "INFO|Error" | tail -4; }
-(cd bench && timeout 80 python3 timeseries.py --device cuda 2>&1 | grep -v Warn) | tee $OUT/ts_bench.log
+[ "${SKIP_BENCH:-0}" = 1 ] || (cd bench && timeout 80 python3 timeseries.py --device cuda 2>&1 | grep -v Warn) | tee $OUT/ts_bench.log
 {
   echo "== sine100"
   timeout 150 fusion run timeseries --preset sine100 run_dir=$R/sine100 train.progress=false train.steps=2000 \
