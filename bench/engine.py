@@ -58,7 +58,7 @@ def engine(steps):
     with tempfile.TemporaryDirectory() as d:
         t = Trainer(model, data, collate, c.train, d)
         t0 = time.perf_counter()
-        recs = t.fit()
+        t.fit()
         dt = time.perf_counter() - t0
     # the trainer logs tokens/s per interval; recompute over the whole run from the batches
     total = sum(int((~model.collate(ex, max_len=c.data.max_len, pack=True).layout.padding).sum())

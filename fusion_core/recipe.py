@@ -89,6 +89,16 @@ def prepare_run_dir(cfg: DictConfig, resume: bool) -> Path:
     return run_dir
 
 
+def machine_description() -> str:
+    """One line naming the hardware and torch build, for reports."""
+    import platform
+
+    import torch
+
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    return f"{dev}, {platform.machine()}, torch {torch.__version__}"
+
+
 def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
     logger = logging.getLogger("fusion_core")
     logger.setLevel(level)
@@ -104,4 +114,5 @@ def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
         logger.addHandler(fh)
 
 
-__all__ = ["Recipe", "get_recipe", "prepare_run_dir", "registered_recipes", "setup_logging", "to_yaml"]
+__all__ = ["Recipe", "get_recipe", "machine_description", "prepare_run_dir", "registered_recipes",
+           "setup_logging", "to_yaml"]

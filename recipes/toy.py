@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from fusion_core.checkpoint import find_resumable, load_weights
+from fusion_core.checkpoint import load_trained
 from fusion_core.config import load_config, to_object, to_yaml
 from fusion_core.diffusion import make_sampler
 from fusion_core.distributed import init_distributed, shutdown
@@ -114,10 +114,7 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
 def load_run(run_dir: Path) -> tuple[ToyConfig, FusionModel]:
     cfg = to_object(load_config(ToyConfig, [run_dir / "config.yaml"]))
     model = build_model(cfg)
-    ckpt = find_resumable(run_dir / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no usable checkpoint")
-    load_weights(model, ckpt / "model.safetensors")
+    load_trained(model, run_dir)
     return cfg, model.eval()
 
 

@@ -3,8 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fusion_core
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from fusion_core.checkpoint import find_resumable, load_weights
+from fusion_core.checkpoint import load_trained
 from fusion_core.config import load_config, to_object, to_yaml
 from fusion_core.diffusion import GaussianDiffusion, make_sampler
 from fusion_core.distributed import init_distributed, shutdown
 from fusion_core.model import FusionModel, Item
-from fusion_core.recipe import Recipe, prepare_run_dir, setup_logging
+from fusion_core.stats import frechet_distance
+from fusion_core.recipe import Recipe, machine_description, prepare_run_dir, setup_logging
 from fusion_core.trainer import OptimArgs, Trainer, TrainArgs, seed_everything
 from fusion_core.transformer import TransformerArgs
 from fusion_core.modalities.image import ImageAdapter
@@ -56,6 +56,8 @@ class MMDataArgs:
     text_only: bool = False  # the text-only baseline (same model, prose only)
     max_len: int = 256  # packed row length
     prose_chunk: int = 160
+    image_size: int = 8  # generated images are image_size x image_size (digits: 8)
+    channels: int = 1  # 1 = grayscale, 3 = RGB
 
 
 @dataclass
@@ -113,7 +115,7 @@ class MMConfig:
 def build_model(c: MMConfig) -> FusionModel:
     m = c.model
     text = TextAdapter(m.dim)
-    image = ImageAdapter(m.dim, channels=1, patch_size=m.patch_size, design=m.image_design,
+    image = ImageAdapter(m.dim, channels=c.data.channels, patch_size=m.patch_size, design=m.image_design,
                          unet_channels=m.unet_channels, attention=m.image_attention)
     args = TransformerArgs(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, qk_norm=m.qk_norm,
                            dropout=m.dropout)
@@ -208,7 +210,7 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
     Trainer(model, data, collate, c.train, run_dir, to_yaml(cfg), info).fit(resume=resume)
     shutdown(info)
     if info.is_main:
-        (run_dir / "train_time.json").write_text(json.dumps({"seconds": time.time() - t0, "machine": _machine()}))
+        (run_dir / "train_time.json").write_text(json.dumps({"seconds": time.time() - t0, "machine": machine_description()}))
         if c.eval.after_train:
             evaluate(run_dir, [])
     return run_dir
@@ -217,14 +219,7 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
 def load_run(run_dir: Path) -> tuple[MMConfig, FusionModel]:
     c = to_object(load_config(MMConfig, [Path(run_dir) / "config.yaml"]))
     model = build_model(c)
-    ckpt = find_resumable(Path(run_dir) / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no usable checkpoint")
-    load_weights(model, ckpt / "model.safetensors")
-    if (ckpt / "ema.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        model.load_state_dict({**model.state_dict(), **load_file(str(ckpt / "ema.safetensors"))})
+    load_trained(model, run_dir)
     return c, model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
@@ -245,14 +240,14 @@ def sample(run_dir: Path, argv: list[str]) -> list:
     c, model = load_run(run_dir)
     s = c.sample
     sampler = make_sampler(a.sampler or s.sampler, model.diffusion["image"], a.steps or s.steps, clip_x0=1.0)
-    text, image = model.adapters["text"], model.adapters["image"]
-    shape = (1, 8, 8)
+    text = model.adapters["text"]
+    shape = (c.data.channels, c.data.image_size, c.data.image_size)
     out_dir = Path(run_dir) / "samples"
     out_dir.mkdir(exist_ok=True)
     max_len = max(c.data.max_len, 64) * 2
     results = []
     if a.image:
-        imgs = torch.stack([D.read_image(Path(f)) for f in a.image])
+        imgs = torch.stack([D.read_image(Path(f), channels=shape[0]) for f in a.image])
         if imgs.shape[2:] != shape[1:]:
             imgs = F.interpolate(imgs, size=shape[1:], mode="area")
         caps = caption_images(model, imgs, max_len=max_len, prompt=a.prompt[0] if a.prompt else "")
@@ -353,7 +348,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     t0 = time.time()
     train_d, test_d = D.load_digits()
     _, prose_test = D.load_prose(chunk=min(c.data.prose_chunk, c.data.max_len - 2))
-    res: dict = {"machine": _machine()}
+    res: dict = {"machine": machine_description()}
     res["bpb"] = bits_per_byte(model, prose_test)
     clf = train_classifier(train_d)
     with torch.no_grad():
@@ -374,8 +369,6 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         with torch.no_grad():
             pred = clf(imgs).argmax(1)
             res["t2i_accuracy"] = float((pred == torch.tensor(labels)).float().mean())
-            from fusion_core.recipes.timeseries.metrics import frechet_distance
-
             res["digits_fid"] = frechet_distance(clf.body(test_d.images).double().numpy(),
                                                  clf.body(imgs).double().numpy())
         save_grid(imgs.view(10, e.per_digit, 1, 8, 8)[:, :10].reshape(-1, 1, 8, 8), run_dir / "t2i_grid.png", cols=10)
@@ -426,10 +419,6 @@ def write_report(run_dir: Path, c: MMConfig, res: dict) -> Path:
     out.write_text("\n".join(lines))
     return out
 
-
-def _machine() -> str:
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    return f"{dev}, {platform.machine()}, torch {torch.__version__}"
 
 
 recipe = Recipe(

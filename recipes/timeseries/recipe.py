@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +27,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from fusion_core.checkpoint import find_resumable, load_weights
+from fusion_core.checkpoint import load_trained
 from fusion_core.config import load_config, to_object, to_yaml
 from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.distributed import init_distributed, shutdown
 from fusion_core.model import FusionModel, Item
-from fusion_core.recipe import Recipe, prepare_run_dir, setup_logging
+from fusion_core.recipe import Recipe, machine_description, prepare_run_dir, setup_logging
 from fusion_core.trainer import OptimArgs, Trainer, TrainArgs, seed_everything
 from fusion_core.transformer import TransformerArgs
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
@@ -156,7 +155,7 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
     shutdown(info)
     if info.is_main:
         (run_dir / "train_time.json").write_text(json.dumps({"seconds": time.time() - t0,
-                                                              "machine": _machine()}))
+                                                              "machine": machine_description()}))
         if c.eval.after_train:
             evaluate(run_dir, [])
     return run_dir
@@ -167,15 +166,7 @@ def load_run(run_dir: Path, use_ema: bool | None = None) -> tuple[TSConfig, Fusi
     c = to_object(load_config(TSConfig, [Path(run_dir) / "config.yaml"]))
     splits = load_data(c)
     model = build_model(c, splits.train.shape[2])
-    ckpt = find_resumable(Path(run_dir) / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no usable checkpoint")
-    load_weights(model, ckpt / "model.safetensors")
-    use_ema = c.sample.use_ema if use_ema is None else use_ema
-    if use_ema and (ckpt / "ema.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        model.load_state_dict({**model.state_dict(), **load_file(str(ckpt / "ema.safetensors"))})
+    load_trained(model, run_dir, c.sample.use_ema if use_ema is None else use_ema)
     return c, model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), splits
 
 
@@ -341,7 +332,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     result = {"scores": {k: {"mean": m, "ci95": ci} for k, (m, ci) in scores.items()},
               "n_real": len(real), "n_fake": len(fake), "sampler": sampler.__class__.__name__,
               "steps": len(sampler), "sample_seconds": sample_s, "score_seconds": score_s,
-              "machine": _machine(), "long": long_result}
+              "machine": machine_description(), "long": long_result}
     suffix = f"-{a.tag}" if a.tag else ""
     (run_dir / f"eval{suffix}.json").write_text(json.dumps(result, indent=1))
     write_report(run_dir, c, result, pics, f"report{suffix}.md")
@@ -380,10 +371,6 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
     out.write_text("\n".join(lines))
     return out
 
-
-def _machine() -> str:
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    return f"{dev}, {platform.machine()}, torch {torch.__version__}"
 
 
 recipe = Recipe(
