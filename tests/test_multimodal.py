@@ -125,3 +125,17 @@ def test_cli_trains_samples_text_image_and_caption(tmp_path, capsys):
         main(["sample", str(run), "--prompt", "x" * 2000])
     assert main(["evaluate", str(run), "--per-digit", "1", "--captions", "3", "--steps", "2"]) == 0
     assert (run / "report.md").is_file() and (run / "t2i_grid.png").is_file()
+
+
+def test_rows_without_an_image_keep_their_next_token(setup):
+    """While one row draws an image, another row's text continues exactly as if alone."""
+    c, model = setup
+    text = model.adapters["text"]
+    sampler = make_sampler("ddim", model.diffusion["image"], 2, clip_x0=1.0)
+    plain = [Item("text", text.encode("plain prose", bos=True))]
+    with_boi = [Item("text", text.encode("a two", bos=True, append=["<boi:image>"]))]
+    alone = generate(model, [plain], sampler, (1, 8, 8), max_new_tokens=6, max_images=1)
+    # row 0's prompt ends with <boi>: it draws an image first while row 1 writes text
+    both = generate(model, [with_boi, plain], sampler, (1, 8, 8), max_new_tokens=6, max_images=1)
+    assert isinstance(both[0].segments[0], torch.Tensor)
+    assert both[1].segments == alone[0].segments

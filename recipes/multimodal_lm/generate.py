@@ -47,8 +47,8 @@ def generate(model: FusionModel, prompts: list[list[Item]], sampler: Sampler, im
              top_k: int | None = None, force_image: bool = False, max_images: int = 1,
              seed: int = 0) -> list[Generated]:
     """Continue each prompt: text until ``<eos>`` or ``max_new_tokens``; an image whenever a row
-    emits ``<boi:image>`` (at most ``max_images`` per row). With ``force_image`` the image comes
-    first (the prompt gets ``<boi:image>`` appended if it does not end with it)."""
+    emits ``<boi:image>`` (at most ``max_images`` per row) or its prompt ends with it. With
+    ``force_image`` every row starts with an image (``<boi:image>`` is appended where missing)."""
     model.eval()
     text, image = model.adapters["text"], model.adapters["image"]
     boi, eoi, eos = text.boi("image"), text.eoi("image"), text.special("<eos>")
@@ -62,7 +62,9 @@ def generate(model: FusionModel, prompts: list[list[Item]], sampler: Sampler, im
     pieces: list[list[int]] = [[] for _ in range(B)]
     images_done = torch.zeros(B, dtype=torch.long)
     done = torch.zeros(B, dtype=torch.bool)
-    want_image = torch.tensor([force_image] * B)
+    # a prompt that ends with <boi:image> asks for an image right away
+    want_image = torch.tensor([max_images > 0 and (force_image or int(p[-1].payload[-1]) == boi and
+                                                   p[-1].modality == "text") for p in prompts])
     steps = 0
     while not done.all():
         if want_image.any():  # diffusion mode for the rows that asked for an image
@@ -74,7 +76,8 @@ def generate(model: FusionModel, prompts: list[list[Item]], sampler: Sampler, im
                 out[b].segments.append(image.decode(x[b].cpu()))
                 images_done[b] += 1
             nxt = torch.where(rows, torch.full((B,), eoi), torch.full((B,), eos))
-            logits = model.text_step(nxt, cache, rows=rows)  # <eoi> for image rows
+            after = model.text_step(nxt, cache, rows=rows)  # <eoi> for image rows
+            logits = torch.where(rows.to(after.device)[:, None], after, logits)  # others keep theirs
             want_image[:] = False
             continue
         if steps >= max_new_tokens or cache.length + 1 >= cache.max_len:
