@@ -310,7 +310,10 @@ class Transformer(nn.Module):
         # the rule over [prefix, block]: one document (-1 where not valid), block = one span
         doc = torch.where(torch.cat([cache.valid[:, :start], valid], dim=1), 0, -1)
         span = torch.cat([torch.full((B, start), -1, device=h.device, dtype=torch.long), block_span], 1)
-        mask = dense_mask(doc, span, q_offset=start)  # B 1 n (start + n)
+        if bool((doc == 0).all()) and bool((block_span == block_span[:, :1]).all()) and bool((block_span >= 0).all()):
+            mask = None  # one bidirectional block over an all-valid prefix: every key is visible
+        else:
+            mask = dense_mask(doc, span, q_offset=start)  # B 1 n (start + n)
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
             h = layer(h, cond, lambda attn, x, i=i: attn.forward_cached(x, rope, cache, i, mask, commit))
