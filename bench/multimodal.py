@@ -42,7 +42,7 @@ def train_throughput(device, dim, depth, heads, batch, text_len, n_images, side,
     # ours
     torch.manual_seed(0)
     model = ours_model(dim, depth, heads, device)
-    text, image = model.adapters["text"], model.adapters["image"]
+    image = model.adapters["image"]
     items = [[Item("text", x) if x.dtype == torch.long else Item("image", image.encode(x)) for x in ex]
              for ex in examples]
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
