@@ -420,7 +420,6 @@ def write_report(run_dir: Path, c: MMConfig, res: dict) -> Path:
     return out
 
 
-
 recipe = Recipe(
     name="multimodal_lm",
     description="Transfusion: one transformer over text + images (digits and prose built in)",

