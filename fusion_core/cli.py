@@ -83,19 +83,13 @@ def cmd_resume(a) -> int:
     return 0
 
 
-def cmd_sample(a) -> int:
+def cmd_recipe_command(a) -> int:
+    """``fusion sample`` / ``fusion evaluate``: hand the rest of the line to the run's recipe."""
     recipe, _ = _run_config(a.run_dir)
-    if recipe.sample is None:
-        raise ConfigError(f"recipe {recipe.name!r} has no sample command")
-    recipe.sample(Path(a.run_dir), a.args)
-    return 0
-
-
-def cmd_evaluate(a) -> int:
-    recipe, _ = _run_config(a.run_dir)
-    if recipe.evaluate is None:
-        raise ConfigError(f"recipe {recipe.name!r} has no evaluate command")
-    recipe.evaluate(Path(a.run_dir), a.args)
+    fn = getattr(recipe, a.command)
+    if fn is None:
+        raise ConfigError(f"recipe {recipe.name!r} has no {a.command} command")
+    fn(Path(a.run_dir), a.args)
     return 0
 
 
@@ -126,12 +120,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("overrides", nargs="*", help="key=value overrides (e.g. train.steps=2000)")
     s.set_defaults(fn=cmd_resume)
-    for name, fn, helptext in [("sample", cmd_sample, "generate from a trained run"),
-                               ("evaluate", cmd_evaluate, "evaluate a trained run")]:
+    for name, helptext in [("sample", "generate from a trained run"), ("evaluate", "evaluate a trained run")]:
         s = sub.add_parser(name, help=helptext, add_help=False)
         s.add_argument("run_dir")
         s.add_argument("args", nargs=argparse.REMAINDER, help="recipe-specific options (try --help)")
-        s.set_defaults(fn=fn)
+        s.set_defaults(fn=cmd_recipe_command)
     s = sub.add_parser("plot-metrics", help="render a run's loss curves to PNG")
     s.add_argument("run_dir")
     s.add_argument("--out", help="output PNG (default RUN_DIR/loss.png)")
