@@ -53,6 +53,7 @@ class Batch:
     examples: list[list[Item]]
     layout: SequenceLayout
     seeds: list[int] | None = None
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)  # per-batch caches
 
 
 @dataclass
@@ -232,7 +233,7 @@ class FusionModel(nn.Module):
                 embedded[name] = a.embed(x)
         out = self._backbone(layout, embedded)
         parts, counts = {}, {}
-        lm_targets = self._lm_targets(layout, payloads)
+        lm_targets = self._batch_lm_targets(batch)
         for name, emb in embedded.items():
             a = self.adapters[name]
             pred = a.head(layout.gather(out, name), emb)
@@ -271,7 +272,7 @@ class FusionModel(nn.Module):
         """What :meth:`loss` averages over, per modality: next-token targets (discrete) or
         spans (continuous). Computed from the layout alone, before any forward pass."""
         payloads = self._payloads(batch)
-        lm = self._lm_targets(batch.layout, payloads)
+        lm = self._batch_lm_targets(batch)
         out = {}
         for name, items in payloads.items():
             if self.adapters[name].kind == "discrete":
@@ -300,10 +301,23 @@ class FusionModel(nn.Module):
         return t, noise
 
     def _payloads(self, batch: Batch) -> dict[str, list[Item]]:
-        out: dict[str, list[Item]] = {}
-        for p in batch.layout.placements:
-            out.setdefault(p.modality, []).append(batch.examples[p.example][p.segment])
-        return out
+        """Items of each modality in placement order (computed once per batch)."""
+        cache = batch._derived
+        if "payloads" not in cache:
+            out: dict[str, list[Item]] = {}
+            for p in batch.layout.placements:
+                out.setdefault(p.modality, []).append(batch.examples[p.example][p.segment])
+            cache["payloads"] = out
+        return cache["payloads"]
+
+    def _batch_lm_targets(self, batch: Batch) -> Tensor | None:
+        """:meth:`_lm_targets` of a batch, computed once (the trainer counts targets before the
+        loss uses them); None when the model has no discrete modality."""
+        cache = batch._derived
+        if "lm_targets" not in cache:
+            discrete = any(a.kind == "discrete" for a in self.adapters.values())
+            cache["lm_targets"] = self._lm_targets(batch.layout, self._payloads(batch)) if discrete else None
+        return cache["lm_targets"]
 
     def _backbone(self, layout: SequenceLayout, embedded: dict[str, Embedded]) -> Tensor:
         B, L, D = layout.batch_size, layout.seq_len, self.dim
