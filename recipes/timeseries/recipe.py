@@ -38,7 +38,7 @@ from fusion_core.transformer import TransformerArgs
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
 
 from . import generate, metrics, plots
-from .data import Splits, prepare
+from .data import Splits, from_increments, prepare, to_increments
 
 log = logging.getLogger("fusion_core")
 ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
@@ -53,6 +53,7 @@ class TSDataArgs:
     stride: int = 1
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     missing: str = "error"  # error | interpolate | mask
+    transform: str = "none"  # none | log_return | diff: model increments of a trending series
     sine_samples: int = 10000
     sine_features: int = 5
 
@@ -93,6 +94,9 @@ class TSEvalArgs:
     batch: int = 128
     tsne: bool = True
     after_train: bool = True
+    # also score training windows against the held-out ones: what a generator that reproduced the
+    # training period exactly would get (the distribution-shift floor of a chronological split)
+    reference: bool = False
 
 
 @dataclass
@@ -114,7 +118,7 @@ class TSConfig:
 def load_data(c: TSConfig) -> Splits:
     d = c.data
     return prepare(d.source, d.length, d.stride, d.split, d.missing, d.time_column or None, d.columns,
-                   d.sine_samples, d.sine_features, c.train.seed)
+                   d.sine_samples, d.sine_features, c.train.seed, d.transform)
 
 
 def build_model(c: TSConfig, features: int) -> FusionModel:
@@ -188,36 +192,54 @@ def sample(run_dir: Path, argv: list[str]) -> Path:
     p.add_argument("--history", help=".npy (n, H, F) in original units: forecast the rest of a window")
     p.add_argument("--impute", help=".npy (n, L, F) in original units with NaN where missing: fill them")
     p.add_argument("--out", default="samples.npy", help="file in the run folder (.npy, .csv, .parquet)")
+    p.add_argument("--increments", action="store_true",
+                   help="with data.transform: save the generated increments instead of levels")
     a = p.parse_args(argv)
     c, model, splits = load_run(run_dir)
     ad = model.adapters["timeseries"]
     L, F = c.data.length, splits.train.shape[2]
+    tf = splits.transform  # with a transform the model works on increments; users see levels
     sampler = _sampler(model, c, a.sampler, a.steps)
     t0 = time.time()
     if a.history or a.impute:
-        arr = np.load(a.history or a.impute).astype(np.float32)
-        if arr.ndim == 2:
-            arr = arr[None]
-        if arr.ndim != 3 or arr.shape[2] != F:
-            raise ValueError(f"expected an array of shape (n, steps, {F}), got {arr.shape}")
+        raw = np.load(a.history or a.impute).astype(np.float64)
+        if raw.ndim == 2:
+            raw = raw[None]
+        if raw.ndim != 3 or raw.shape[2] != F:
+            raise ValueError(f"expected an array of shape (n, steps, {F}), got {raw.shape}")
+        arr = raw
+        if tf != "none":
+            if not np.isfinite(raw[:, 0]).all():
+                raise ValueError(f"with data.transform={tf} the first step of each series must be observed: "
+                                 "it anchors the levels")
+            arr = to_increments(raw, tf, splits.columns, axis=1)
+        arr = arr.astype(np.float32)
         mask = np.isfinite(arr)
         scaled = ad.encode(np.nan_to_num(arr).reshape(-1, F)).reshape(arr.shape)
         if a.history:
             out = generate.forecast(model, scaled, L, sampler, seed=a.seed)
         else:
-            if arr.shape[1] != L:
-                raise ValueError(f"--impute windows must have the training length {L}, got {arr.shape[1]}")
+            want = L + (tf != "none")
+            if raw.shape[1] != want:
+                raise ValueError(f"--impute windows must have {want} steps (the training length"
+                                 f"{' + 1 with data.transform' if tf != 'none' else ''}), got {raw.shape[1]}")
             out = generate.impute(model, scaled, torch.from_numpy(mask), sampler, seed=a.seed)
         values = ad.decode(out).numpy()
+        if tf != "none" and not a.increments:
+            values = np.concatenate([raw[:, :1], from_increments(values, raw[:, 0], tf)], axis=1)
+            arr = raw
         if a.impute:  # observed values come back exactly, in the user's units
-            values = np.where(mask, arr, values)
+            values = np.where(np.isfinite(arr), arr, values)
         else:
             values[:, : arr.shape[1]] = arr
-    elif a.length and a.length > L:
-        values = ad.decode(generate.generate_long(model, a.n, a.length, L, F, sampler, a.overlap, a.seed,
-                                                  c.sample.chunk)).numpy()
     else:
-        values = ad.decode(generate.sample_windows(model, a.n, L, F, sampler, c.sample.chunk, a.seed)).numpy()
+        if a.length and a.length > L:
+            out = generate.generate_long(model, a.n, a.length, L, F, sampler, a.overlap, a.seed, c.sample.chunk)
+        else:
+            out = generate.sample_windows(model, a.n, L, F, sampler, c.sample.chunk, a.seed)
+        values = ad.decode(out).numpy()
+        if tf != "none" and not a.increments:  # paths that continue from the last training level
+            values = from_increments(values, np.broadcast_to(splits.anchor, (len(values), F)), tf)
     out = Path(run_dir) / a.out
     generate.save_array(values, out, splits.columns)
     print(f"{len(values)} series of {values.shape[1]} x {values.shape[2]} in {time.time() - t0:.1f}s → {out}")
@@ -293,6 +315,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     p.add_argument("--no-tsne", action="store_true")
     p.add_argument("--long-factor", type=int, default=0,
                    help="also score windows cut from series this many times the window length")
+    p.add_argument("--reference", action="store_true", default=None,
+                   help="also score real training windows (the floor a chronological split allows)")
     p.add_argument("--tag", default="", help="write eval-TAG.json / report-TAG.md instead")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -300,7 +324,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     setup_logging(run_dir / "train.log")
     c, model, splits = load_run(run_dir)
     e = c.eval
-    for k in ("n", "repeats", "metrics", "disc_iters", "pred_iters"):
+    for k in ("n", "repeats", "metrics", "disc_iters", "pred_iters", "reference"):
         if getattr(a, k) is not None:
             setattr(e, k, getattr(a, k))
     if a.no_tsne:
@@ -327,17 +351,24 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         long_scores = score(real, cut, e, a.seed, value_range)
         long_result = {"factor": a.long_factor, "sample_seconds": long_s,
                        "scores": {k: {"mean": m, "ci95": ci} for k, (m, ci) in long_scores.items()}}
+    reference = None
+    if e.reference:
+        src = splits.train if c.data.source != "sine" else held_out(c, splits, e.n, a.seed + 1)[0]
+        ref = src[np.random.default_rng(a.seed + 7).permutation(len(src))[: e.n]]
+        reference = {k: {"mean": m, "ci95": ci} for k, (m, ci) in score(real, ref, e, a.seed, value_range).items()}
     pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne)
     pics.append(plots.overlay(real, fake, splits.columns, run_dir / "overlay.png"))
     result = {"scores": {k: {"mean": m, "ci95": ci} for k, (m, ci) in scores.items()},
               "n_real": len(real), "n_fake": len(fake), "sampler": sampler.__class__.__name__,
               "steps": len(sampler), "sample_seconds": sample_s, "score_seconds": score_s,
-              "machine": machine_description(), "long": long_result}
+              "machine": machine_description(), "long": long_result, "reference": reference}
     suffix = f"-{a.tag}" if a.tag else ""
     (run_dir / f"eval{suffix}.json").write_text(json.dumps(result, indent=1))
     write_report(run_dir, c, result, pics, f"report{suffix}.md")
     for k, (m, ci) in scores.items():
         log.info("%-28s %.4f ± %.4f", NAMES[k], m, ci)
+    for k, v in (reference or {}).items():
+        log.info("%-28s %.4f ± %.4f (real training windows)", NAMES[k], v["mean"], v["ci95"])
     for k, v in (long_result or {}).get("scores", {}).items():
         log.info("%-28s %.4f ± %.4f (windows cut from %dx-long series)", NAMES[k], v["mean"], v["ci95"],
                  a.long_factor)
@@ -356,9 +387,16 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
              f"Scores on {result['n_real']} held-out real windows vs {result['n_fake']} generated "
              f"(mean ± 95% interval over {c.eval.repeats} runs where repeated; lower is better):", "",
              "| metric | value |", "| --- | --- |"]
-    for k, v in result["scores"].items():
+    ref = result.get("reference")
+    if ref:
+        lines[-2:] = ["| metric | generated | real training windows (reference) |", "| --- | --- | --- |"]
+
+    def cell(v):
         ci = f" ± {v['ci95']:.4f}" if v["ci95"] == v["ci95"] and v["ci95"] > 0 else ""
-        lines.append(f"| {NAMES[k]} | {v['mean']:.4f}{ci} |")
+        return f"{v['mean']:.4f}{ci}"
+
+    for k, v in result["scores"].items():
+        lines.append(f"| {NAMES[k]} | {cell(v)} |" + (f" {cell(ref[k])} |" if ref else ""))
     if result.get("long"):
         lg = result["long"]
         lines += ["", f"Windows cut from series {lg['factor']}x the training window (each new window "
