@@ -146,5 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The ``fusion`` command: :func:`main`, with bad input (``ValueError``: wrong shapes, missing
+    files, unusable data) reported as one line and exit code 2 instead of a traceback
+    (``FUSION_DEBUG=1`` shows the traceback)."""
+    try:
+        return main()
+    except ValueError as e:
+        if os.environ.get("FUSION_DEBUG"):
+            raise
+        print(f"fusion: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

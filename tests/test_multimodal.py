@@ -111,6 +111,27 @@ def test_jsonl_examples_load(tmp_path):
     assert ex[0][0] == "a two" and ex[0][1].shape == (1, 8, 8)
 
 
+def test_cli_on_your_own_rgb_pairs_holds_examples_out(tmp_path, capsys):
+    lines = []
+    for i in range(20):
+        arr = np.zeros((16, 16, 3), np.uint8)
+        arr[..., i % 3] = 255
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+        lines.append(f'{{"segments": [{{"text": "a {("red", "green", "blue")[i % 3]} square"}}, {{"image": "{i}.png"}}]}}')
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    src = f"data.source={tmp_path / 'pairs.jsonl'}"
+    with pytest.raises(ValueError, match=r"image is 16x16, expected 8x8: set data.image_size=16"):
+        main(["run", "multimodal_lm", "--preset", "tiny", src, f"run_dir={tmp_path / 'bad'}", "data.channels=3"])
+    run = tmp_path / "run"
+    assert main(["run", "multimodal_lm", "--preset", "tiny", src, f"run_dir={run}", "data.channels=3",
+                 "data.image_size=16", "data.held_out=0.2", "eval.per_digit=1"]) == 0
+    res = __import__("json").loads((run / "eval.json").read_text())
+    assert res["heldout_examples"] == 4 and res["heldout_image_mse"] > 0 and res["heldout_text_bits_per_token"] > 0
+    assert "caption_accuracy" not in res and (run / "heldout_grid.png").is_file()
+    assert main(["sample", str(run), "--prompt", "a red square", "--image-first"]) == 0
+    assert Image.open(run / "samples" / "image_000.png").size == (4 * 17, 4 * 17)  # 16 px + border, 4x
+
+
 def test_cli_trains_samples_text_image_and_caption(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["run", "multimodal_lm", "--preset", "tiny", f"run_dir={run}", "eval.after_train=false"]) == 0

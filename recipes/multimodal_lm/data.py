@@ -89,8 +89,9 @@ def load_prose(held_out_fraction: float = 0.1, chunk: int = 192) -> tuple[list[s
     return chunks(keys[:cut]), chunks(keys[cut:])
 
 
-def load_jsonl(path: str | Path) -> list[list[Any]]:
-    """Examples from a JSONL file (see the module docstring).
+def load_jsonl(path: str | Path, channels: int = 1) -> list[list[Any]]:
+    """Examples from a JSONL file (see the module docstring); images read with ``channels``
+    channels (1: grayscale, 3: RGB).
 
     Raises:
         ValueError: a line that is not JSON, a segment that is neither text nor image, a missing
@@ -115,7 +116,7 @@ def load_jsonl(path: str | Path) -> list[list[Any]]:
             if isinstance(seg, dict) and "text" in seg:
                 ex.append(seg["text"])
             elif isinstance(seg, dict) and "image" in seg:
-                ex.append(read_image(path.parent / seg["image"], where=f"{path}:{n} segment {j}"))
+                ex.append(read_image(path.parent / seg["image"], channels, where=f"{path}:{n} segment {j}"))
             else:
                 raise ValueError(f"{path}:{n} segment {j}: expected {{'text': str}} or {{'image': path}}")
         out.append(ex)
@@ -137,7 +138,7 @@ def read_image(path: Path, channels: int = 1, where: str = "") -> torch.Tensor:
     return torch.from_numpy(arr)[None] if arr.ndim == 2 else torch.from_numpy(arr).permute(2, 0, 1)
 
 
-def from_hf(dataset) -> list[list[Any]]:
+def from_hf(dataset, channels: int = 1) -> list[list[Any]]:
     """Examples from an HF dataset with ``text`` + ``image`` columns or a ``segments`` column."""
     cols = set(dataset.column_names)
     out = []
@@ -145,21 +146,27 @@ def from_hf(dataset) -> list[list[Any]]:
         if "segments" in cols:
             out.append(list(row["segments"]))
         elif {"text", "image"} <= cols:
-            img = np.asarray(row["image"].convert("L"), dtype=np.float32) / 255.0
-            out.append([row["text"], torch.from_numpy(img)[None]])
+            img = np.asarray(row["image"].convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            img = torch.from_numpy(img)
+            out.append([row["text"], img[None] if img.ndim == 2 else img.permute(2, 0, 1)])
         else:
             raise ValueError(f"HF dataset needs 'text' and 'image' columns or 'segments'; has {sorted(cols)}")
     return out
 
 
-def check_example(ex: Sequence[Any], i: int) -> None:
-    """Raise ``ValueError`` unless every segment is a str or a (C, H, W) tensor."""
+def check_example(ex: Sequence[Any], i: int, channels: int | None = None, size: int | None = None) -> None:
+    """Raise ``ValueError`` unless every segment is a str or a (C, H, W) tensor (with ``channels``
+    channels and ``size`` x ``size`` pixels when given: the recipe generates images of one size)."""
     if not isinstance(ex, (list, tuple)) or not ex:
         raise ValueError(f"example {i}: expected a non-empty list of segments (str or image tensor)")
     for j, seg in enumerate(ex):
         if isinstance(seg, str):
             continue
-        if isinstance(seg, torch.Tensor) and seg.ndim == 3:
-            continue
-        raise ValueError(f"example {i}, segment {j}: expected a caption string or a (C, H, W) image tensor, "
-                         f"got {type(seg).__name__}")
+        if not (isinstance(seg, torch.Tensor) and seg.ndim == 3):
+            raise ValueError(f"example {i}, segment {j}: expected a caption string or a (C, H, W) image tensor, "
+                             f"got {type(seg).__name__}")
+        if channels is not None and seg.shape[0] != channels:
+            raise ValueError(f"example {i}, segment {j}: image has {seg.shape[0]} channels, data.channels={channels}")
+        if size is not None and tuple(seg.shape[1:]) != (size, size):
+            raise ValueError(f"example {i}, segment {j}: image is {seg.shape[1]}x{seg.shape[2]}, expected "
+                             f"{size}x{size}: set data.image_size={seg.shape[1]} (square images) or resize")

@@ -56,8 +56,9 @@ class MMDataArgs:
     text_only: bool = False  # the text-only baseline (same model, prose only)
     max_len: int = 256  # packed row length
     prose_chunk: int = 160
-    image_size: int = 8  # generated images are image_size x image_size (digits: 8)
+    image_size: int = 8  # images are image_size x image_size (digits: 8)
     channels: int = 1  # 1 = grayscale, 3 = RGB
+    held_out: float = 0.05  # your data: share of examples kept out of training for `fusion evaluate`
 
 
 @dataclass
@@ -166,19 +167,32 @@ def encode_example(model: FusionModel, ex: list, rng: random.Random, c: MMDataAr
     return items
 
 
+def user_examples(c: MMConfig) -> tuple[list[list], list[list]]:
+    """Your examples (JSONL or HF), checked, split into training and held-out ones (a seeded
+    choice of ``data.held_out`` of them, which training never sees)."""
+    d = c.data
+    if not 0 <= d.held_out < 1:
+        raise ValueError(f"data.held_out must be in [0, 1), got {d.held_out}")
+    if d.source.startswith("hf:"):
+        import datasets
+
+        raw = D.from_hf(datasets.load_dataset(d.source[3:], split="train"), d.channels)
+    else:
+        raw = D.load_jsonl(d.source, d.channels)
+    for i, ex in enumerate(raw):
+        D.check_example(ex, i, d.channels, d.image_size)
+    held = set(random.Random(c.train.seed).sample(range(len(raw)), round(len(raw) * d.held_out)))
+    return [ex for i, ex in enumerate(raw) if i not in held], [ex for i, ex in enumerate(raw) if i in held]
+
+
 def build_dataset(c: MMConfig, model: FusionModel) -> list[list[Item]]:
     d = c.data
     rng = random.Random(c.train.seed)
     if d.source != "digits":
-        if d.source.startswith("hf:"):
-            import datasets
-
-            raw = D.from_hf(datasets.load_dataset(d.source[3:], split="train"))
-        else:
-            raw = D.load_jsonl(d.source)
-        for i, ex in enumerate(raw):
-            D.check_example(ex, i)
-        return [encode_example(model, ex, rng, d) for ex in raw]
+        train, _ = user_examples(c)
+        if not train:
+            raise ValueError(f"{d.source}: no training examples")
+        return [encode_example(model, ex, rng, d) for ex in train]
     digits, _ = D.load_digits()
     prose, _ = D.load_prose(chunk=min(d.prose_chunk, d.max_len - 2))
     out = []
@@ -346,6 +360,15 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         if getattr(a, k) is not None:
             setattr(e, k, getattr(a, k))
     t0 = time.time()
+    if c.data.source != "digits":
+        res = evaluate_user_data(c, model, run_dir, a.seed)
+        res["eval_seconds"] = time.time() - t0
+        (run_dir / "eval.json").write_text(json.dumps(res, indent=1))
+        write_report(run_dir, c, res)
+        for k in ("heldout_examples", "heldout_text_bits_per_token", "heldout_image_mse"):
+            if k in res:
+                log.info("%-28s %.4f", k, res[k])
+        return res
     train_d, test_d = D.load_digits()
     _, prose_test = D.load_prose(chunk=min(c.data.prose_chunk, c.data.max_len - 2))
     res: dict = {"machine": machine_description()}
@@ -381,18 +404,57 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     return res
 
 
+@torch.no_grad()
+def evaluate_user_data(c: MMConfig, model: FusionModel, run_dir: Path, seed: int = 0) -> dict:
+    """Held-out loss per modality on your held-out examples (seeded noise, so runs compare), and
+    images generated from the captions of held-out caption → image examples next to the real ones."""
+    _, held = user_examples(c)
+    res: dict = {"machine": machine_description(), "heldout_examples": len(held)}
+    if not held:
+        log.warning("no held-out examples (data.held_out=%s): nothing to evaluate", c.data.held_out)
+        return res
+    rng = random.Random(seed)
+    items = [encode_example(model, ex, rng, c.data) for ex in held]
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for i in range(0, len(items), 32):
+        out = model.loss(model.collate(items[i : i + 32], seeds=list(range(i, i + len(items[i : i + 32])))))
+        for k, v in out.parts.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * out.counts[k]
+            counts[k] = counts.get(k, 0) + out.counts[k]
+    if "text" in sums:
+        res["heldout_text_bits_per_token"] = sums["text"] / counts["text"] / math.log(2)
+    if "image" in sums:
+        res["heldout_image_mse"] = sums["image"] / counts["image"]
+    pairs = [(ex[0], ex[1]) for ex in held if len(ex) > 1 and isinstance(ex[0], str) and not isinstance(ex[1], str)]
+    pairs = pairs[: c.eval.per_digit * 10 // 2 or 1][:50]
+    if pairs:
+        e = c.eval
+        sampler = make_sampler(e.sampler, model.diffusion["image"], e.steps, clip_x0=1.0)
+        S, C = c.data.image_size, c.data.channels
+        fake = text_to_image(model, [p[0] for p in pairs], sampler, (C, S, S), e.guidance or None, seed=seed,
+                             max_len=2 * c.data.max_len)
+        real = torch.stack([p[1] for p in pairs])
+        cols = min(10, len(pairs))
+        rows = [torch.cat([real[i : i + cols], fake[i : i + cols]]) for i in range(0, len(pairs), cols)]
+        save_grid(torch.cat(rows), run_dir / "heldout_grid.png", cols=cols)
+        res["heldout_captions"] = [p[0] for p in pairs[:cols]]
+    return res
+
+
 def save_grid(imgs: torch.Tensor, path: Path, cols: int = 10) -> Path:
-    """Save ``(n, 1, H, W)`` images in [0, 1] as one PNG grid (upscaled 4x)."""
+    """Save ``(n, C, H, W)`` images in [0, 1] (C = 1 or 3) as one PNG grid (upscaled 4x)."""
     from PIL import Image
 
-    n, _, H, W = imgs.shape
+    n, C, H, W = imgs.shape
     rows = -(-n // cols)
-    grid = torch.ones(rows * (H + 1), cols * (W + 1))
+    grid = torch.ones(C, rows * (H + 1), cols * (W + 1))
     for i in range(n):
         r, k = divmod(i, cols)
-        grid[r * (H + 1) : r * (H + 1) + H, k * (W + 1) : k * (W + 1) + W] = imgs[i, 0]
-    arr = (grid.clamp(0, 1).numpy() * 255).astype(np.uint8)
-    Image.fromarray(arr).resize((arr.shape[1] * 4, arr.shape[0] * 4), Image.NEAREST).save(path)
+        grid[:, r * (H + 1) : r * (H + 1) + H, k * (W + 1) : k * (W + 1) + W] = imgs[i]
+    arr = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    img = Image.fromarray(arr[..., 0] if C == 1 else arr)
+    img.resize((arr.shape[1] * 4, arr.shape[0] * 4), Image.NEAREST).save(path)
     return Path(path)
 
 
@@ -403,10 +465,21 @@ def write_report(run_dir: Path, c: MMConfig, res: dict) -> Path:
     lines = [f"# Transfusion run `{run_dir.name}`", "",
              f"Model {m.dim} wide, {m.n_layers} layers, {m.image_design} {m.patch_size}x{m.patch_size} patches, "
              f"{m.image_attention} attention in images; {c.train.steps} steps of {c.train.batch_size} examples "
-             f"(rows of {c.data.max_len}); {'text only' if c.data.text_only else 'digits + prose'}.", "",
+             f"(rows of {c.data.max_len}); {'text only' if c.data.text_only else 'digits + prose' if c.data.source == 'digits' else c.data.source}.", "",
              f"Machine: {res['machine']}. Training {secs:.0f} s, evaluation {res['eval_seconds']:.0f} s.", "",
-             "| metric | value |", "| --- | --- |",
-             f"| held-out prose, bits per byte | {res['bpb']:.4f} |"]
+             "| metric | value |", "| --- | --- |"]
+    if "bpb" in res:
+        lines.append(f"| held-out prose, bits per byte | {res['bpb']:.4f} |")
+    if "heldout_examples" in res:
+        lines.append(f"| held-out examples (never trained on) | {res['heldout_examples']} |")
+        if "heldout_text_bits_per_token" in res:
+            lines.append(f"| held-out text, bits per token | {res['heldout_text_bits_per_token']:.4f} |")
+        if "heldout_image_mse" in res:
+            lines.append(f"| held-out image diffusion loss (MSE) | {res['heldout_image_mse']:.4f} |")
+        if "heldout_captions" in res:
+            lines += ["", "Held-out examples: real images (top of each pair of rows) and images generated from "
+                      "their captions (below): " + "; ".join(repr(t) for t in res["heldout_captions"]), "",
+                      "![held-out](heldout_grid.png)", ""]
     if "caption_accuracy" in res:
         lines += [f"| caption accuracy (names the right digit) | {res['caption_accuracy']:.3f} |",
                   f"| text→image accuracy (classifier) | {res['t2i_accuracy']:.3f} |",
