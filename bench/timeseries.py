@@ -48,15 +48,22 @@ def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype):
         ad = TimeSeriesAdapter(256, features).fit(torch.rand(100, features))
         ours = FusionModel(TransformerArgs(dim=256, n_layers=6, n_heads=8, ffn_dim=1024, dropout=0.1),
                            [ad], diffusion=diff).to(device)
+        # SwiGLU's three matrices at 704 hold as many weights as GELU's two at 1024: same size as the paper
+        ad_pm = TimeSeriesAdapter(256, features).fit(torch.rand(100, features))
+        ours_pm = FusionModel(TransformerArgs(dim=256, n_layers=6, n_heads=8, ffn_dim=704, dropout=0.1),
+                              [ad_pm], diffusion=diff).to(device)
         paper = PaperDenoiser(features).to(device)
         x = [torch.rand(L, features, device=device) * 2 - 1 for _ in range(batch)]
         xb = torch.stack(x)
         batch_ours = ours.collate([[Item("timeseries", w)] for w in x])
+        params = {n: sum(p.numel() for p in m.parameters()) for n, m in
+                  (("ours", ours), ("ours704", ours_pm), ("paper", paper))}
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dtype == "bf16" else \
             (lambda: torch.autocast("cpu", enabled=False))
         res = {}
         for name, model, loss_fn in [
             ("ours", ours, lambda: ours.loss(batch_ours).loss),
+            ("ours704", ours_pm, lambda: ours_pm.loss(batch_ours).loss),
             ("paper", paper, lambda: diff.training_loss(paper, xb).mean()),
         ]:
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -77,7 +84,7 @@ def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype):
             sync(device)
             train_sps = batch * steps / (time.perf_counter() - t0)
             model.eval()
-            denoise = ours.span_denoiser("timeseries") if name == "ours" else paper
+            denoise = paper if name == "paper" else model.span_denoiser("timeseries")
             sampler = make_sampler("dpm_solver", diff, sample_steps, clip_x0=1.0)
             with torch.no_grad(), autocast():
                 sampler.sample(denoise, (2, L, features), device=device)
@@ -86,10 +93,12 @@ def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype):
                 sampler.sample(denoise, (sample_n, L, features), device=device)
                 sync(device)
             res[name] = (train_sps, sample_n / (time.perf_counter() - t0))
-        rows.append({"L": L, "batch": batch, "ours train samples/s": res["ours"][0],
-                     "paper train samples/s": res["paper"][0], "train ratio": res["ours"][0] / res["paper"][0],
-                     f"ours series/s ({sample_steps} steps)": res["ours"][1],
-                     "paper series/s": res["paper"][1], "sample ratio": res["ours"][1] / res["paper"][1]})
+        for name, label in (("ours", "ours, SwiGLU 1024"), ("ours704", "ours, SwiGLU 704 (paper's size)")):
+            rows.append({"L": L, "batch": batch, "model": label, "params M": params[name] / 1e6,
+                         "paper params M": params["paper"] / 1e6, "ours train samples/s": res[name][0],
+                         "paper train samples/s": res["paper"][0], "train ratio": res[name][0] / res["paper"][0],
+                         f"ours series/s ({sample_steps} steps)": res[name][1],
+                         "paper series/s": res["paper"][1], "sample ratio": res[name][1] / res["paper"][1]})
     return rows
 
 
