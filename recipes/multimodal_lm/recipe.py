@@ -332,16 +332,24 @@ def train_classifier(train: D.Digits, epochs: int = 60, seed: int = 0) -> DigitC
 
 
 @torch.no_grad()
+def mean_losses(model: FusionModel, examples: list[list[Item]], batch: int = 32) -> dict[str, float]:
+    """Each modality's loss averaged over all its targets in ``examples`` (CE per token, MSE per
+    span); diffusion noise is seeded by example index, so repeated evaluations agree."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    model.eval()
+    for i in range(0, len(examples), batch):
+        chunk = examples[i : i + batch]
+        out = model.loss(model.collate(chunk, seeds=list(range(i, i + len(chunk)))))
+        for k, v in out.parts.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * out.counts[k]
+            counts[k] = counts.get(k, 0) + out.counts[k]
+    return {k: sums[k] / counts[k] for k in sums}
+
+
 def bits_per_byte(model: FusionModel, chunks: list[str], batch: int = 32) -> float:
     """Mean next-byte cross-entropy on held-out prose, in bits (byte tokenizer: 1 token = 1 byte)."""
-    total, n = 0.0, 0
-    model.eval()
-    for i in range(0, len(chunks), batch):
-        b = model.collate([encode_prose(model, ch) for ch in chunks[i : i + batch]])
-        out = model.loss(b)
-        total += out.parts["text"].item() * out.counts["text"]
-        n += out.counts["text"]
-    return total / n / math.log(2)
+    return mean_losses(model, [encode_prose(model, ch) for ch in chunks], batch)["text"] / math.log(2)
 
 
 def evaluate(run_dir: Path, argv: list[str]) -> dict:
@@ -414,20 +422,13 @@ def evaluate_user_data(c: MMConfig, model: FusionModel, run_dir: Path, seed: int
         log.warning("no held-out examples (data.held_out=%s): nothing to evaluate", c.data.held_out)
         return res
     rng = random.Random(seed)
-    items = [encode_example(model, ex, rng, c.data) for ex in held]
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for i in range(0, len(items), 32):
-        out = model.loss(model.collate(items[i : i + 32], seeds=list(range(i, i + len(items[i : i + 32])))))
-        for k, v in out.parts.items():
-            sums[k] = sums.get(k, 0.0) + v.item() * out.counts[k]
-            counts[k] = counts.get(k, 0) + out.counts[k]
-    if "text" in sums:
-        res["heldout_text_bits_per_token"] = sums["text"] / counts["text"] / math.log(2)
-    if "image" in sums:
-        res["heldout_image_mse"] = sums["image"] / counts["image"]
+    losses = mean_losses(model, [encode_example(model, ex, rng, c.data) for ex in held])
+    if "text" in losses:
+        res["heldout_text_bits_per_token"] = losses["text"] / math.log(2)
+    if "image" in losses:
+        res["heldout_image_mse"] = losses["image"]
     pairs = [(ex[0], ex[1]) for ex in held if len(ex) > 1 and isinstance(ex[0], str) and not isinstance(ex[1], str)]
-    pairs = pairs[: c.eval.per_digit * 10 // 2 or 1][:50]
+    pairs = pairs[:20]  # two rows of ten: real above, generated below
     if pairs:
         e = c.eval
         sampler = make_sampler(e.sampler, model.diffusion["image"], e.steps, clip_x0=1.0)
