@@ -190,7 +190,8 @@ def sample(run_dir: Path, argv: list[str]) -> Path:
     p.add_argument("--steps", type=int, help="solver steps (0 = all T)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--history", help=".npy (n, H, F) in original units: forecast the rest of a window")
-    p.add_argument("--impute", help=".npy (n, L, F) in original units with NaN where missing: fill them")
+    p.add_argument("--impute", help=".npy (n, L, F) in original units with NaN where missing: fill them "
+                   "(L + 1 steps with data.transform, whose first step must be observed)")
     p.add_argument("--out", default="samples.npy", help="file in the run folder (.npy, .csv, .parquet)")
     p.add_argument("--increments", action="store_true",
                    help="with data.transform: save the generated increments instead of levels")
