@@ -67,7 +67,7 @@ class TrainArgs:
     progress: bool = True
     seed: int = 0
     deterministic: bool = False
-    compile: bool = False
+    compile: bool = False  # compile each transformer block (Transformer.compile_blocks)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     strategy: str = "ddp"  # ddp | fsdp (multi-process only)
     device: str = "auto"
@@ -196,7 +196,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config_yaml = config_yaml
         if args.compile:
-            self.model.backbone = torch.compile(self.model.backbone)
+            self.model.backbone.compile_blocks()
         self.wrapped = wrap_model(self.model, self.info, args.strategy) if self.info.enabled else self.model
         # build the model with the same seed on every rank (FSDP shards, it does not broadcast);
         # from here on each rank gets its own stream (dropout), offset by rank

@@ -142,22 +142,17 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, *rope), apply_rope(k, *rope), v
 
-    def forward(self, x, rope, mask: AttentionMask, attn_impl: str) -> Tensor:
-        q, k, v = self.qkv(x, rope)  # B H L Dh
-        out = attend(q, k, v, mask, attn_impl)
-        return self.wo(rearrange(out, "b h l d -> b l (h d)"))
-
-    def forward_cached(self, x, rope, cache: "KVCache", layer: int, mask: Tensor,
-                       commit: bool) -> Tensor:
-        q, k, v = self.qkv(x, rope)  # B H n Dh
-        start, n = cache.length, x.shape[1]
+    def cached(self, q: Tensor, k: Tensor, v: Tensor, cache: "KVCache", layer: int, mask: Tensor | None,
+               commit: bool) -> Tensor:
+        """Attention of new positions' ``q, k, v`` (``B H n Dh``) over the cached prefix and
+        themselves; writes ``k, v`` into the cache when ``commit``."""
+        start, n = cache.length, q.shape[2]
         keys = torch.cat([cache.k[layer, :, :, :start], k], dim=2)
         values = torch.cat([cache.v[layer, :, :, :start], v], dim=2)
         if commit:
             cache.k[layer, :, :, start : start + n] = k
             cache.v[layer, :, :, start : start + n] = v
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self.wo(rearrange(out, "b h l d -> b l (h d)"))
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
 
 class FeedForward(nn.Module):
@@ -189,11 +184,23 @@ class Block(nn.Module):
             return (None,) * 6
         return self.modulation(cond).chunk(6, dim=-1)  # each B L D
 
-    def forward(self, h: Tensor, cond: Tensor | None, attn_fn) -> Tensor:
-        sa, ca, ga, sm, cm, gm = self._mod(cond)
-        h = h + _gate(self.drop(attn_fn(self.attn, _modulate(self.attn_norm(h), sa, ca))), ga)
-        h = h + _gate(self.drop(self.ffn(_modulate(self.ffn_norm(h), sm, cm))), gm)
-        return h
+    def forward(self, h: Tensor, cond: Tensor | None, rope: tuple[Tensor, Tensor], attend_fn) -> Tensor:
+        """``attend_fn(q, k, v) -> B H L Dh`` is the attention itself (masked full-sequence
+        attention in training, attention over a KV cache in generation); everything around it
+        is :meth:`pre` and :meth:`post`, the parts :meth:`Transformer.compile_blocks` compiles."""
+        mods = self._mod(cond)
+        q, k, v = self.pre(h, rope, mods)
+        return self.post(h, attend_fn(q, k, v), mods)
+
+    def pre(self, h: Tensor, rope: tuple[Tensor, Tensor], mods) -> tuple[Tensor, Tensor, Tensor]:
+        """Norm, modulation, QKV projection, RoPE: ``B H L Dh`` each."""
+        return self.attn.qkv(_modulate(self.attn_norm(h), mods[0], mods[1]), rope)
+
+    def post(self, h: Tensor, attn_out: Tensor, mods) -> Tensor:
+        """Output projection and residual, then the feed-forward sub-layer and its residual."""
+        _, _, ga, sm, cm, gm = mods
+        h = h + _gate(self.drop(self.attn.wo(rearrange(attn_out, "b h l d -> b l (h d)"))), ga)
+        return h + _gate(self.drop(self.ffn(_modulate(self.ffn_norm(h), sm, cm))), gm)
 
 
 def _modulate(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
@@ -217,6 +224,17 @@ class Transformer(nn.Module):
             nn.Linear(args.cond_dim, 2 * args.dim, bias=False) if args.cond_dim else None
         )
         self.reset_parameters()
+
+    def compile_blocks(self, **compile_kwargs) -> "Transformer":
+        """Compile each block's :meth:`Block.pre` and :meth:`Block.post` in place (regional
+        compilation: every block runs the same code on the same shapes, so the graphs are built
+        once, not once per layer, and the layer loop is not unrolled). The attention call stays
+        outside: SDPA is one kernel already and flex attention is compiled on its own. Used by
+        ``train.compile``; ``compile_kwargs`` go to :func:`torch.compile`."""
+        for layer in self.layers:
+            layer.pre = torch.compile(layer.pre, **compile_kwargs)
+            layer.post = torch.compile(layer.post, **compile_kwargs)
+        return self
 
     def reset_parameters(self):
         std = self.args.init_std
@@ -265,11 +283,11 @@ class Transformer(nn.Module):
         rope = self.rope(layout.position)
         impl = attn_impl or self.args.attn_impl
 
-        def attn_fn(attn, x):
-            return attn(x, rope, mask, impl)
+        def attend_fn(q, k, v):
+            return attend(q, k, v, mask, impl)
 
         for layer in self.layers:
-            h = layer(h, cond, attn_fn)
+            h = layer(h, cond, rope, attend_fn)
         return self._finish(h, cond)
 
     @torch.no_grad()
@@ -316,7 +334,7 @@ class Transformer(nn.Module):
             mask = dense_mask(doc, span, q_offset=start)  # B 1 n (start + n)
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cond, lambda attn, x, i=i: attn.forward_cached(x, rope, cache, i, mask, commit))
+            h = layer(h, cond, rope, lambda q, k, v, i=i, a=layer.attn: a.cached(q, k, v, cache, i, mask, commit))
         if commit:
             cache.valid[:, start : start + n] = valid
             # rows whose new positions are all padding keep their next position
