@@ -39,6 +39,26 @@ def test_flex_block_mask_equals_rule(layout):
 
 
 @given(layouts())
+def test_flex_block_table_equals_create_block_mask(layout):
+    """Our row-by-row reduction builds the same block table as torch's create_block_mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    ours = flex_block_mask(layout.document, layout.span, block_size=8)
+    L = layout.seq_len
+    ref = create_block_mask(ours.mask_mod, layout.batch_size, None, L, L, device="cpu", BLOCK_SIZE=8)
+    for a, b in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        n_ours, n_ref = getattr(ours, a), getattr(ref, a)
+        assert torch.equal(n_ours, n_ref), a
+        idx_ours, idx_ref = getattr(ours, b), getattr(ref, b)
+        for i in range(n_ref.shape[0]):
+            for j in range(n_ref.shape[2]):
+                k = int(n_ref[i, 0, j])
+                assert torch.equal(idx_ours[i, 0, j, :k].sort().values, idx_ref[i, 0, j, :k].sort().values)
+    assert torch.equal(ours.q_num_blocks, ref.q_num_blocks)
+    assert torch.equal(ours.full_q_num_blocks, ref.full_q_num_blocks)
+
+
+@given(layouts())
 def test_xformers_bias_equals_rule(layout):
     bias = xformers_bias(layout.document, layout.span, n_heads=3)
     assert bias.shape == (layout.batch_size, 3, layout.seq_len, layout.seq_len)
