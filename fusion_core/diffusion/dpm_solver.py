@@ -18,6 +18,7 @@ from .sampler import Sampler, StepOutput
 
 class DPMSolverSampler(Sampler):
     default_spacing = "logsnr"
+    multistep = True
 
     def reset(self) -> None:
         self._prev_x0: Tensor | None = None

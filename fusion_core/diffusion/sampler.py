@@ -39,6 +39,7 @@ class Sampler(ABC):
     """
 
     default_spacing = "trailing"
+    multistep = False  # keeps earlier steps' predictions: a step cannot be redone (no resampling)
 
     def __init__(self, diffusion: GaussianDiffusion, steps: int | None = None,
                  spacing: str | None = None, clip_x0: float | None = None):

@@ -81,6 +81,11 @@ class TSSampleArgs:
     steps: int = 50  # 0 = all T steps
     chunk: int = 256
     use_ema: bool = True
+    # conditional generation (forecasts, imputation, series longer than the window): replacement
+    # with RePaint resampling, which needs a one-step sampler; costs steps x resample evaluations
+    cond_sampler: str = "ddpm"  # ddpm | ddim
+    cond_steps: int = 50
+    resample: int = 10
 
 
 @dataclass
@@ -179,6 +184,15 @@ def _sampler(model, c: TSConfig, name=None, steps=None):
     return generate.make(model, name or c.sample.sampler, steps or None)
 
 
+def _cond_sampler(model, c: TSConfig, resample: int | None = None):
+    """The sampler and resampling count for conditional generation (``sample.cond_*``)."""
+    if c.sample.cond_sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sample.cond_sampler must be ddpm or ddim (resampling redoes steps), "
+                         f"got {c.sample.cond_sampler!r}")
+    return (generate.make(model, c.sample.cond_sampler, c.sample.cond_steps or None),
+            c.sample.resample if resample is None else resample)
+
+
 # -- sample ------------------------------------------------------------------------------------------
 
 def sample(run_dir: Path, argv: list[str]) -> Path:
@@ -186,6 +200,8 @@ def sample(run_dir: Path, argv: list[str]) -> Path:
     p.add_argument("--n", type=int, default=100, help="number of series")
     p.add_argument("--length", type=int, help="series length (longer than the window: chained windows)")
     p.add_argument("--overlap", type=int, help="steps each new window is conditioned on (long series)")
+    p.add_argument("--resample", type=int, help="RePaint resampling of conditional generation "
+                   "(forecasts, imputation, long series; default sample.resample)")
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm_solver"])
     p.add_argument("--steps", type=int, help="solver steps (0 = all T)")
     p.add_argument("--seed", type=int, default=0)
@@ -201,6 +217,7 @@ def sample(run_dir: Path, argv: list[str]) -> Path:
     L, F = c.data.length, splits.train.shape[2]
     tf = splits.transform  # with a transform the model works on increments; users see levels
     sampler = _sampler(model, c, a.sampler, a.steps)
+    cond, resample = _cond_sampler(model, c, a.resample)
     t0 = time.time()
     if a.history or a.impute:
         raw = np.load(a.history or a.impute).astype(np.float64)
@@ -218,13 +235,13 @@ def sample(run_dir: Path, argv: list[str]) -> Path:
         mask = np.isfinite(arr)
         scaled = ad.encode(np.nan_to_num(arr).reshape(-1, F)).reshape(arr.shape)
         if a.history:
-            out = generate.forecast(model, scaled, L, sampler, seed=a.seed)
+            out = generate.forecast(model, scaled, L, cond, resample=resample, seed=a.seed)
         else:
             want = L + (tf != "none")
             if raw.shape[1] != want:
                 raise ValueError(f"--impute windows must have {want} steps (the training length"
                                  f"{' + 1 with data.transform' if tf != 'none' else ''}), got {raw.shape[1]}")
-            out = generate.impute(model, scaled, torch.from_numpy(mask), sampler, seed=a.seed)
+            out = generate.impute(model, scaled, torch.from_numpy(mask), cond, resample=resample, seed=a.seed)
         values = ad.decode(out).numpy()
         if tf != "none" and not a.increments:
             values = np.concatenate([raw[:, :1], from_increments(values, raw[:, 0], tf)], axis=1)
@@ -235,7 +252,8 @@ def sample(run_dir: Path, argv: list[str]) -> Path:
             values[:, : arr.shape[1]] = arr
     else:
         if a.length and a.length > L:
-            out = generate.generate_long(model, a.n, a.length, L, F, sampler, a.overlap, a.seed, c.sample.chunk)
+            out = generate.generate_long(model, a.n, a.length, L, F, sampler, a.overlap, a.seed, c.sample.chunk,
+                                         cond, resample)
         else:
             out = generate.sample_windows(model, a.n, L, F, sampler, c.sample.chunk, a.seed)
         values = ad.decode(out).numpy()
@@ -316,6 +334,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     p.add_argument("--no-tsne", action="store_true")
     p.add_argument("--long-factor", type=int, default=0,
                    help="also score windows cut from series this many times the window length")
+    p.add_argument("--resample", type=int, help="RePaint resampling of the long series' forecasts "
+                   "(default sample.resample)")
     p.add_argument("--reference", action="store_true", default=None,
                    help="also score real training windows (the floor a chronological split allows)")
     p.add_argument("--tag", default="", help="write eval-TAG.json / report-TAG.md instead")
@@ -345,12 +365,14 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     if a.long_factor > 1:  # windows cut from series longer than the training window
         n_series = -(-e.n // a.long_factor)
         t0 = time.time()
+        cond, resample = _cond_sampler(model, c, a.resample)
         long = generate.generate_long(model, n_series, a.long_factor * L, L, F, sampler, seed=a.seed + 1,
-                                      chunk=c.sample.chunk)
+                                      chunk=c.sample.chunk, cond_sampler=cond, resample=resample)
         long_s = time.time() - t0
         cut = ad.decode(long.reshape(n_series * a.long_factor, L, F)).numpy()[: e.n]
         long_scores = score(real, cut, e, a.seed, value_range)
-        long_result = {"factor": a.long_factor, "sample_seconds": long_s,
+        long_result = {"factor": a.long_factor, "sample_seconds": long_s, "resample": resample,
+                       "cond_sampler": f"{c.sample.cond_sampler} {len(cond)} steps",
                        "scores": {k: {"mean": m, "ci95": ci} for k, (m, ci) in long_scores.items()}}
     reference = None
     if e.reference:
@@ -401,7 +423,8 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
     if result.get("long"):
         lg = result["long"]
         lines += ["", f"Windows cut from series {lg['factor']}x the training window (each new window "
-                      f"conditioned on the previous one's tail; {lg['sample_seconds']:.1f} s):", "",
+                      f"conditioned on the previous one's tail: {lg['cond_sampler']}, resampling "
+                      f"{lg['resample']}x; {lg['sample_seconds']:.1f} s):", "",
                   "| metric | native windows | cut from long series |", "| --- | --- | --- |"]
         for k, v in lg["scores"].items():
             lines.append(f"| {NAMES[k]} | {result['scores'][k]['mean']:.4f} | {v['mean']:.4f} |")
