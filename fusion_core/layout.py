@@ -23,6 +23,27 @@ KINDS = ("discrete", "continuous")
 ATTENTIONS = ("causal", "bidirectional")
 
 
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """Host → device copy that does not wait for the GPU: a plain ``.to("cuda")`` from pageable
+    memory synchronizes the stream, so every small copy in a training step would stall the CPU
+    until all queued kernels finish. Staged through pinned memory and non-blocking instead."""
+    device = torch.device(device)
+    if t.device == device or (device.type == t.device.type and device.index is None):
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def cat_to_device(tensors: Sequence[Tensor], device: torch.device | str) -> list[Tensor]:
+    """Several host tensors of one dtype moved in one :func:`to_device` copy, returned as views
+    of the same shapes."""
+    if not tensors or all(t.device == torch.device(device) for t in tensors):
+        return list(tensors)
+    flat = to_device(torch.cat([t.reshape(-1) for t in tensors]), device)
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
 class ModalityLike(Protocol):
     """What the layout needs to know of a modality (adapters satisfy this)."""
 
@@ -131,14 +152,25 @@ class SequenceLayout:
         return self.modality.device
 
     def to(self, device) -> "SequenceLayout":
-        return SequenceLayout(
-            self.modality.to(device),
-            self.span.to(device),
-            self.document.to(device),
-            self.position.to(device),
-            self.modality_names,
-            self.placements,
-        )
+        """The layout on ``device``, in one copy; a device layout keeps its host copy
+        (:attr:`host`), so questions about the structure never wait for the GPU."""
+        device = torch.device(device)
+        host = self.host
+        if device.type == "cpu":
+            return host
+        modality, span, document, position = to_device(
+            torch.stack([host.modality, host.span, host.document, host.position]), device).unbind(0)
+        out = SequenceLayout(modality, span, document, position, self.modality_names, self.placements)
+        out.__dict__["host"] = host
+        return out
+
+    @cached_property
+    def host(self) -> "SequenceLayout":
+        """This layout on the CPU (itself when it is there)."""
+        if self.device.type == "cpu":
+            return self
+        return SequenceLayout(self.modality.cpu(), self.span.cpu(), self.document.cpu(),
+                              self.position.cpu(), self.modality_names, self.placements)
 
     # -- attention structure ---------------------------------------------------------------
     @cached_property
@@ -149,8 +181,9 @@ class SequenceLayout:
         at the end of a row (padding queries are discarded, and causal queries never reach later
         keys). Full: one document and one bidirectional span covering every row, no padding.
         """
-        pad = self.padding
-        one_doc = bool(((self.document == 0) | pad).all())
+        h = self.host  # decided on the CPU: no GPU sync
+        pad = h.padding
+        one_doc = bool(((h.document == 0) | pad).all())
         # padding only as a suffix: once padding starts, it never stops
         suffix_pad = bool((pad.int().diff(dim=1) >= 0).all()) if self.seq_len > 1 else True
         if not (one_doc and suffix_pad):
@@ -158,7 +191,7 @@ class SequenceLayout:
         span_lengths = [p.length for p in self.placements if p.span >= 0]
         if not span_lengths or max(span_lengths) <= 1:
             return "causal"
-        if not bool(pad.any()) and bool((self.span == 0).all()):
+        if not bool(pad.any()) and bool((h.span == 0).all()):
             return "full"
         return "mixed"
 
@@ -176,7 +209,7 @@ class SequenceLayout:
                 torch.arange(p.start, p.stop) + p.row * L for p in self.placements_of(modality)
             ]
             idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-            cache[modality] = idx.to(self.device)
+            cache[modality] = to_device(idx, self.device)
         return cache[modality]
 
     def gather(self, hidden: Tensor, modality: str) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .adapter import Adapter, Embedded
 from .diffusion import GaussianDiffusion, Sampler, batched_pair, classifier_free_guidance
-from .layout import Segment, SequenceLayout, build_layout
+from .layout import Segment, SequenceLayout, build_layout, cat_to_device, to_device
 from .transformer import KVCache, Transformer, TransformerArgs
 
 
@@ -54,6 +54,17 @@ class Batch:
     layout: SequenceLayout
     seeds: list[int] | None = None
     _derived: dict = field(default_factory=dict, repr=False, compare=False)  # per-batch caches
+
+
+def _move(tensors: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Tensors to ``device``, host ones of a common dtype in one copy (no GPU sync)."""
+    host = [t for t in tensors if t.device.type == "cpu"]
+    if device.type == "cpu" or not host:
+        return [t.to(device) for t in tensors]
+    if len({t.dtype for t in host}) > 1:
+        return [to_device(t, device) for t in tensors]
+    moved = iter(cat_to_device(host, device))
+    return [next(moved) if t.device.type == "cpu" else t.to(device) for t in tensors]
 
 
 @dataclass
@@ -203,21 +214,21 @@ class FusionModel(nn.Module):
         embedded, targets, steps, noisy, clean = {}, {}, {}, {}, {}
         for name, items in payloads.items():
             a = self.adapters[name]
-            x = [it.payload.to(self.device) for it in items]
+            x = _move([it.payload for it in items], self.device)
             if a.kind == "continuous":
                 diff = self.diffusion[name]
                 n = len(x)
                 if t is not None and name in t:
-                    steps[name] = torch.as_tensor(t[name]).long().to(self.device)
+                    steps[name] = to_device(torch.as_tensor(t[name]).long(), self.device)
                 else:
                     max_t = torch.tensor([diff.T - 1 if it.max_t is None else it.max_t for it in items])
-                    steps[name] = diff.sample_timesteps(n, max_t, generator=generator).to(self.device)
+                    steps[name] = to_device(diff.sample_timesteps(n, max_t, generator=generator), self.device)
                 tt = steps[name]
                 if noise is not None and name in noise:
-                    eps = [e.to(self.device) for e in noise[name]]
+                    eps = _move(list(noise[name]), self.device)
                 else:
-                    eps = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(self.device)
-                           for p in x]
+                    eps = _move([torch.randn(it.payload.shape, generator=generator, dtype=it.payload.dtype)
+                                 for it in items], self.device)
                 if len(eps) != n or tt.shape != (n,):
                     raise ValueError(f"{name!r}: need {n} steps and noises, got {tuple(tt.shape)} and {len(eps)}")
                 if all(p.shape == x[0].shape for p in x):  # one batched op for same-shape spans
@@ -234,12 +245,13 @@ class FusionModel(nn.Module):
         out = self._backbone(layout, embedded)
         parts, counts = {}, {}
         lm_targets = self._batch_lm_targets(batch)
+        lm_counts = self._lm_counts(batch)
         for name, emb in embedded.items():
             a = self.adapters[name]
             pred = a.head(layout.gather(out, name), emb)
             if a.kind == "discrete":
                 tgt = lm_targets.index_select(0, layout.index(name))
-                counts[name] = int((tgt >= 0).sum())
+                counts[name] = lm_counts[name]
                 if counts[name] == 0:
                     continue
                 total = F.cross_entropy(pred.float(), tgt, ignore_index=-100, reduction="sum")
@@ -272,14 +284,9 @@ class FusionModel(nn.Module):
         """What :meth:`loss` averages over, per modality: next-token targets (discrete) or
         spans (continuous). Computed from the layout alone, before any forward pass."""
         payloads = self._payloads(batch)
-        lm = self._batch_lm_targets(batch)
-        out = {}
-        for name, items in payloads.items():
-            if self.adapters[name].kind == "discrete":
-                out[name] = int((lm.index_select(0, batch.layout.index(name)) >= 0).sum())
-            else:
-                out[name] = len(items)
-        return out
+        lm = self._lm_counts(batch)
+        return {name: lm[name] if self.adapters[name].kind == "discrete" else len(items)
+                for name, items in payloads.items()}
 
     def _seeded_draws(self, batch: Batch, payloads: dict[str, list[Item]]):
         """Each continuous span's step and noise from a generator seeded by (example seed,
@@ -310,14 +317,24 @@ class FusionModel(nn.Module):
             cache["payloads"] = out
         return cache["payloads"]
 
-    def _batch_lm_targets(self, batch: Batch) -> Tensor | None:
+    def _batch_lm_targets(self, batch: Batch, host: bool = False) -> Tensor | None:
         """:meth:`_lm_targets` of a batch, computed once (the trainer counts targets before the
-        loss uses them); None when the model has no discrete modality."""
+        loss uses them), on the CPU (``host``) or the model's device; None when the model has
+        no discrete modality."""
         cache = batch._derived
         if "lm_targets" not in cache:
             discrete = any(a.kind == "discrete" for a in self.adapters.values())
             cache["lm_targets"] = self._lm_targets(batch.layout, self._payloads(batch)) if discrete else None
-        return cache["lm_targets"]
+            cache["lm_targets_device"] = (None if cache["lm_targets"] is None
+                                          else to_device(cache["lm_targets"], self.device))
+        return cache["lm_targets" if host else "lm_targets_device"]
+
+    def _lm_counts(self, batch: Batch) -> dict[str, int]:
+        """Next-token targets per discrete modality, counted on the CPU."""
+        lm = self._batch_lm_targets(batch, host=True)
+        h = batch.layout.host
+        return {name: int((lm.index_select(0, h.index(name)) >= 0).sum())
+                for name, a in self.adapters.items() if a.kind == "discrete" and name in self._payloads(batch)}
 
     def _backbone(self, layout: SequenceLayout, embedded: dict[str, Embedded]) -> Tensor:
         B, L, D = layout.batch_size, layout.seq_len, self.dim
@@ -338,17 +355,18 @@ class FusionModel(nn.Module):
         return self.backbone(h, layout, cond=cond)
 
     def _lm_targets(self, layout: SequenceLayout, payloads: dict[str, list[Item]]) -> Tensor:
-        """``(B * L,)`` next-token id for every position that has one, else -100."""
-        B, L = layout.batch_size, layout.seq_len
-        ids = torch.full((B * L,), -100, dtype=torch.long, device=self.device)
+        """``(B * L,)`` next-token id for every position that has one, else -100; built on the
+        CPU (the host copy of the layout), where counting them costs no GPU sync."""
+        h = layout.host
+        B, L = h.batch_size, h.seq_len
+        ids = torch.full((B * L,), -100, dtype=torch.long)
         for name, items in payloads.items():
             if self.adapters[name].kind == "discrete":
-                ids.index_copy_(0, layout.index(name), torch.cat([it.payload.to(self.device).long()
-                                                                  for it in items]))
+                ids.index_copy_(0, h.index(name), torch.cat([it.payload.cpu().long() for it in items]))
         ids = ids.view(B, L)
-        m, d = layout.modality, layout.document
+        m, d = h.modality, h.document
         has_next = (m[:, :-1] == m[:, 1:]) & (d[:, :-1] == d[:, 1:]) & (d[:, :-1] >= 0)
-        tgt = torch.full((B, L), -100, dtype=torch.long, device=self.device)
+        tgt = torch.full((B, L), -100, dtype=torch.long)
         tgt[:, :-1] = torch.where(has_next & (ids[:, 1:] >= 0), ids[:, 1:], -100)
         return tgt.view(-1)
 

@@ -105,9 +105,11 @@ def build_optimizer(model: nn.Module, args: OptimArgs, total_steps: int):
     """AdamW with weight decay on matrices only (not norms, biases, or 1-D embeddings)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    # the fused CUDA kernel: one launch for every parameter (plain CUDA tensors; not FSDP shards)
+    fused = all(p.is_cuda and not hasattr(p, "full_tensor") for p in decay + no_decay)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
+        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, fused=fused or None,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args, total_steps))
     return opt, sched
@@ -123,9 +125,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+        state = model.state_dict()
+        keys = [k for k in self.shadow if k in state]
+        new = [state[k].float() for k in keys]
+        if any(hasattr(v, "full_tensor") for v in new):  # FSDP shards: one at a time
+            for k, v in zip(keys, new):
+                self.shadow[k].lerp_(v, 1 - self.decay)
+        else:  # a few kernels for the whole model instead of one per tensor
+            torch._foreach_lerp_([self.shadow[k] for k in keys], new, 1 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full CPU tensors (DTensor shards are gathered; collective under FSDP)."""
@@ -307,12 +314,12 @@ class Trainer:
         model.train()
         batches = [self.collate(model, ex, seeds) for ex, seeds in self.micro_batches(self.step)]
         local = torch.zeros(len(self.modalities) + 2, dtype=torch.float64)
-        for b in batches:
+        for b in batches:  # counted on the CPU copy of each layout: no GPU sync
             for name, n in model.target_counts(b).items():
                 local[self.modalities.index(name)] += n
-            local[-2] += int((~b.layout.padding).sum())  # tokens
+            local[-2] += int((~b.layout.host.padding).sum())  # tokens
             local[-1] += len(b.examples)
-        total = all_reduce_sum(local.to(info.device), info).cpu()
+        total = all_reduce_sum(local.to(info.device), info).cpu() if info.enabled else local
         normalize = {m: max(float(total[i]), 1.0) for i, m in enumerate(self.modalities)}
         sums = torch.zeros(len(self.modalities) + 1, dtype=torch.float64, device=info.device)
         for i, b in enumerate(batches):
@@ -322,9 +329,6 @@ class Trainer:
                 with self.autocast():
                     out = self.wrapped(b, normalize=normalize)
                 for name, v in out.parts.items():
-                    if not torch.isfinite(v):
-                        raise TrainingDiverged(f"step {self.step}: loss part {name!r} is {v.item()} "
-                                               "(no update applied)")
                     sums[self.modalities.index(name)] += v.detach().double()
                 sums[-1] += out.loss.detach().double()
                 (out.loss * info.world_size).backward()  # DDP averages; our parts are global sums
@@ -332,8 +336,18 @@ class Trainer:
         clip = self.args.optim.grad_clip
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        if not torch.isfinite(grad_norm):
+        # the step's one GPU sync: losses and gradient norm come back together, checked before
+        # any update (a non-finite loss part makes the gradient non-finite too)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
+        values = torch.cat([sums, grad_norm.detach().double().reshape(1).to(sums.device)]).cpu()
+        sums, grad_norm = values[:-1], values[-1]
+        if not torch.isfinite(values).all():
             self.opt.zero_grad(set_to_none=True)
+            for i, name in enumerate(self.modalities):
+                if not torch.isfinite(sums[i]):
+                    raise TrainingDiverged(f"step {self.step}: loss part {name!r} is {sums[i].item()} "
+                                           "(no update applied)")
             raise TrainingDiverged(f"step {self.step}: gradient norm is {grad_norm.item()} (no update applied)")
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
