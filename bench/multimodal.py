@@ -115,29 +115,35 @@ def cached_step(device, dim, depth, heads, side, prompts=(16, 1024), repeats=8):
     return rows
 
 
-def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False, device="cuda"):
-    """Training tokens/s of a Transfusion-sized model: text + 32x32x8 latents as 2x2 patches
-    (256 positions), 1:1 text:image tokens, packed into ``rows`` rows of ``L``; bf16 autocast,
-    fused AdamW, the examples collated once (as a data loader would hand them over; the
-    attention mask is built in every step). ``first_loss`` compares compiled with eager."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
+def _paper_size(preset_name, L, rows, attn, device):
+    """A Transfusion-sized model and examples: text + 32x32x8 latents as 2x2 patches (256
+    positions), 1:1 text:image tokens, enough to pack ``rows`` rows of ``L``."""
     torch.manual_seed(0)
     args = preset(preset_name, attn_impl=attn)
     text = TextAdapter(args.dim)
     image = ImageAdapter(args.dim, channels=8, patch_size=2, design="linear")
     model = FusionModel(args, [text, image]).to(device)
-    if compiled:
-        model.backbone.compile_blocks()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     g = torch.Generator().manual_seed(0)
     exs = []
     for _ in range(rows * L // 512):
         ids = torch.randint(0, 256, (255,), generator=g)
         exs.append([Item("text", torch.cat([ids, torch.tensor([text.boi("image")])])),
                     Item("image", torch.randn(8, 32, 32, generator=g))])
+    return model, exs
+
+
+def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False, device="cuda"):
+    """Training tokens/s of a bare loop (loss, backward, fused AdamW; bf16 autocast) over the
+    examples collated once (as a data loader would hand them over; the attention mask is built
+    in every step). ``first_loss`` compares compiled with eager."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    model, exs = _paper_size(preset_name, L, rows, attn, device)
+    if compiled:
+        model.backbone.compile_blocks()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     batch = model.collate(exs, max_len=L, pack=True)
-    tokens = int((~batch.layout.padding).sum())
+    tokens = int((~batch.layout.host.padding).sum())
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -154,9 +160,9 @@ def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False
         torch.cuda.reset_peak_memory_stats()
     ms = timeit(step, device, warmup=2, iters=steps)
     n_params = sum(p.numel() for p in model.parameters())
-    row = {"preset": preset_name, "attn": attn, "compiled": compiled, "rows": batch.layout.batch_size,
-           "L": L, "tokens/step": tokens, "first_loss": first_loss, "first_step_s": first_s,
-           "step_ms": ms, "tokens/s": tokens / ms * 1e3,
+    row = {"loop": "bare", "preset": preset_name, "attn": attn, "compiled": compiled,
+           "rows": batch.layout.batch_size, "L": L, "tokens/step": tokens, "first_loss": first_loss,
+           "first_step_s": first_s, "step_ms": ms, "tokens/s": tokens / ms * 1e3,
            "MFU(6N)": 6 * n_params * tokens / (ms / 1e3) / 989e12,  # H100 SXM dense bf16 peak
            "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
     if profile:
@@ -170,20 +176,54 @@ def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False
     return row
 
 
+def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cuda"):
+    """The same through :class:`Trainer` (``train.compile``, bf16 autocast, collation of the
+    examples in every step, per-example seeded noise, gradient clipping, non-finite checks,
+    EMA): what ``fusion run`` gets."""
+    import tempfile
+
+    from fusion_core.trainer import Trainer, TrainArgs
+
+    device = torch.device(device)
+    model, exs = _paper_size(preset_name, L, rows, attn, device)
+    args = TrainArgs(steps=10**6, batch_size=len(exs), compile=compiled, progress=False,
+                     ema_decay=0.999, device=str(device))
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(model, exs, lambda m, ex, seeds: m.collate(ex, max_len=L, pack=True, seeds=seeds),
+                          args, d)
+        t0 = time.perf_counter()
+        first_loss = trainer.train_step()["loss"]
+        first_s = time.perf_counter() - t0
+        ms = timeit(trainer.train_step, device, warmup=2, iters=steps)
+    tokens = int((~model.collate(exs, max_len=L, pack=True).layout.host.padding).sum())
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"loop": "Trainer", "preset": preset_name, "attn": attn, "compiled": compiled,
+            "rows": -(-tokens // L), "L": L, "tokens/step": tokens, "first_loss": first_loss,
+            "first_step_s": first_s, "step_ms": ms, "tokens/s": tokens / ms * 1e3,
+            "MFU(6N)": 6 * n_params * tokens / (ms / 1e3) / 989e12,
+            "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")}
+
+
 def cuda_section(rows, profile):
-    """The 0.16B preset at length 4096: SDPA and flex, eager and compiled blocks."""
+    """The 0.16B preset at length 4096: SDPA and flex, eager and compiled blocks, in a bare loop;
+    then the fastest through the Trainer, and at twice the rows."""
     out = []
+
+    def run(fn, *args, **kw):
+        try:
+            out.append(fn(*args, **kw))
+            print_table(out[-1:], "")
+        except Exception:  # one failing configuration must not hide the others' figures
+            traceback.print_exc()
+        torch.cuda.empty_cache()
+
     for attn in ("sdpa", "flex"):
         for compiled in (False, True):
-            try:
-                out.append(cuda_throughput("transfusion-0.16b", 4096, rows, attn, compiled,
-                                           profile=profile and compiled and attn == "flex"))
-            except Exception:  # one failing configuration must not hide the others' figures
-                traceback.print_exc()
-            torch.cuda.empty_cache()
-            if out:
-                print_table(out[-1:], "")
-    print_table(out, f"FusionModel training throughput, transfusion-0.16b, {rows} x 4096, bf16, "
+            run(cuda_throughput, "transfusion-0.16b", 4096, rows, attn, compiled,
+                profile=profile and compiled and attn == "flex")
+    run(trainer_throughput, "transfusion-0.16b", 4096, rows, "flex", True)
+    run(cuda_throughput, "transfusion-0.16b", 4096, 2 * rows, "flex", True)
+    print_table(out, f"FusionModel training throughput, transfusion-0.16b, rows of 4096, bf16, "
                      f"{torch.cuda.get_device_name()} (goal >= 250k tokens/s)")
     return out
 

@@ -5,6 +5,7 @@ Prints a table and a JSON line with ours/paper ratios.
 
     python bench/timeseries.py                     # CPU: small batch, few steps
     python bench/timeseries.py --device cuda       # bf16 autocast
+    python bench/timeseries.py --device cuda --compile   # both compiled layer by layer
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class PaperDenoiser(nn.Module):
         return self.out(self.enc(h)[:, 1:])
 
 
-def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype):
+def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype, compile_=False):
     rows = []
     diff = GaussianDiffusion("cosine", 1000, "v")
     for L in lengths:
@@ -53,6 +54,11 @@ def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype):
         ours_pm = FusionModel(TransformerArgs(dim=256, n_layers=6, n_heads=8, ffn_dim=704, dropout=0.1),
                               [ad_pm], diffusion=diff).to(device)
         paper = PaperDenoiser(features).to(device)
+        if compile_:  # regional compilation for both: each block / encoder layer
+            ours.backbone.compile_blocks()
+            ours_pm.backbone.compile_blocks()
+            for layer in paper.enc.layers:
+                layer.compile()
         x = [torch.rand(L, features, device=device) * 2 - 1 for _ in range(batch)]
         xb = torch.stack(x)
         batch_ours = ours.collate([[Item("timeseries", w)] for w in x])
@@ -77,6 +83,7 @@ def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype):
                 opt.step()
 
             step()
+            step()
             sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
@@ -87,7 +94,7 @@ def run(device, lengths, batch, steps, features, sample_n, sample_steps, dtype):
             denoise = paper if name == "paper" else model.span_denoiser("timeseries")
             sampler = make_sampler("dpm_solver", diff, sample_steps, clip_x0=1.0)
             with torch.no_grad(), autocast():
-                sampler.sample(denoise, (2, L, features), device=device)
+                sampler.sample(denoise, (sample_n, L, features), device=device)  # warm-up, same shape
                 sync(device)
                 t0 = time.perf_counter()
                 sampler.sample(denoise, (sample_n, L, features), device=device)
@@ -109,13 +116,15 @@ def main():
     p.add_argument("--batch", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--features", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="compile both models (blocks / encoder layers)")
     a = p.parse_args()
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     batch, steps = a.batch or (256 if cuda else 16), a.steps or (20 if cuda else 3)
     rows = run(device, a.lengths, batch, steps, a.features, sample_n=256 if cuda else 16,
-               sample_steps=50, dtype="bf16" if cuda else "fp32")
+               sample_steps=50, dtype="bf16" if cuda else "fp32", compile_=a.compile)
     where = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    where += ", compiled" if a.compile else ""
     print_table(rows, f"TransFusion denoiser, d=256 x 6 layers, ours vs paper architecture on {where}")
     print_json("timeseries", rows, device=where, torch=torch.__version__)
 
