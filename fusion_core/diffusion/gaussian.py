@@ -56,10 +56,19 @@ class GaussianDiffusion:
     # -- forward process -----------------------------------------------------------------
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """``a_t, s_t`` shaped to broadcast with ``like``; ``t = -1`` means no noise (1, 0)."""
+        a, s = self._tables(like.device)
         t = t.long()
-        a = torch.cat([self.sqrt_ac, self.sqrt_ac.new_ones(1)])  # index -1 → 1
-        s = torch.cat([self.sqrt_1m_ac, self.sqrt_1m_ac.new_zeros(1)])
         return _bcast(a, t, like), _bcast(s, t, like)
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``a_t``, ``s_t`` with index -1 → (1, 0), kept on each device they are used on (a
+        copy from the CPU in every call would make every training step wait for the GPU)."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        if device not in cache:
+            a = torch.cat([self.sqrt_ac, self.sqrt_ac.new_ones(1)])
+            s = torch.cat([self.sqrt_1m_ac, self.sqrt_1m_ac.new_zeros(1)])
+            cache[device] = (a.to(device), s.to(device))
+        return cache[device]
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Sample ``x_t ~ q(x_t | x0)`` given the noise: ``a_t x0 + s_t eps``."""
