@@ -7,7 +7,8 @@
 #   ts     time series, jobs side by side: sine384 trained on the GPU (batch 256) then scored
 #          with disc + LDS; the CPU-trained runs/sine100 scored with LDS and with DPM-50 vs
 #          DDPM-1000 (the fast-sampling target); the CPU-trained runs/sine384 scored with LDS;
-#          S&P 500 at length 128 trained on the GPU from runs/sp500.csv
+#          S&P 500 at length 128 trained on the GPU from runs/sp500.csv; windows cut from 4x-long
+#          series of runs/sine100 and of a stationary sine100 trained on the GPU
 #   tsb    bench/timeseries.py compiled, ours vs the paper's architecture
 # Runs under ./runs (gitignored) are carried to the device by the caller.
 set -uo pipefail
@@ -26,6 +27,7 @@ for s in $sections; do case $s in
             | tee "$OUT/multimodal_cuda.log") ;;
   ts)
     R=/tmp/runs; mkdir -p $R
+    export OMP_NUM_THREADS=3  # five jobs share 16 cores
     ev() { timeout "$1" fusion evaluate "${@:2}" --no-tsne 2>&1 | grep -E "INFO|Error|error" | tail -6; }
     {
       echo "== sine384 on the GPU (batch 256)"
@@ -47,10 +49,17 @@ for s in $sections; do case $s in
         ev 120 $R/stocks128 --metrics disc pred corr jsd --repeats 3 --reference
       } > "$OUT/ts_stocks128.log" 2>&1 &
     fi
-    if [ -d runs/sine384 ]; then
-      { echo "== sine384 trained on CPU: disc + LDS"; ev 150 runs/sine384 --metrics disc lds --repeats 3; } \
-        > "$OUT/ts384cpu.log" 2>&1 &
-    fi
+    {
+      if [ -d runs/sine384 ]; then echo "== sine384 trained on CPU: disc + LDS"; ev 150 runs/sine384 --metrics disc lds --repeats 3; fi
+      echo "== sine100 (TimeGAN phases): windows cut from 4x-long series"
+      ev 90 runs/sine100 --metrics disc --repeats 3 --long-factor 4 --tag long
+    } > "$OUT/ts384cpu.log" 2>&1 &
+    {
+      echo "== stationary sine100 (phases ~ U(0, 2 pi)) on the GPU, then windows cut from 4x-long series"
+      timeout 120 fusion run timeseries --preset sine100 run_dir=$R/sine100stat data.sine_phase=6.2832 \
+        train.progress=false eval.after_train=false 2>&1 | grep -E "INFO|Error|error" | tail -3
+      ev 120 $R/sine100stat --metrics disc --repeats 3 --long-factor 4
+    } > "$OUT/ts100stat.log" 2>&1 &
     wait
     cat "$OUT"/ts*.log
     tar czf "$OUT/ts_runs.tgz" -C /tmp runs/*/eval*.json runs/*/report*.md runs/*/train_time.json \

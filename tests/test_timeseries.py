@@ -21,6 +21,13 @@ def test_sine_generator_follows_timegan_recipe():
     assert freq.min() >= -1e-6 and freq.max() <= 0.1 + 1e-6
     assert abs(phase.mean() - 0.05) < 0.01 and abs(freq.mean() - 0.05) < 0.01  # U(0, 0.1)
     assert np.array_equal(x, sine(500, 24, 3, seed=1)) and not np.array_equal(x, sine(500, 24, 3, seed=2))
+    # phases ~ U(0, 2 pi): stationary, so the second half of a window looks like the first
+    def halves_differ(w):
+        a, b = np.split(w, 2, axis=1)
+        return abs(a.mean() - b.mean()) + abs(a.std() - b.std())
+
+    assert halves_differ(sine(4000, 200, 1, seed=1, phase=2 * np.pi)) < 0.02
+    assert halves_differ(sine(4000, 200, 1, seed=1)) > 0.1  # TimeGAN's: every window starts rising from 0.5
 
 
 def test_no_window_crosses_a_split_boundary(tmp_path):

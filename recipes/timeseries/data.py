@@ -26,11 +26,16 @@ RDATASETS = {
 }
 
 
-def sine(n: int, length: int, features: int, seed: int = 0) -> np.ndarray:
-    """``(n, length, features)`` TimeGAN sine windows in [0, 1]."""
+def sine(n: int, length: int, features: int, seed: int = 0, phase: float = 0.1) -> np.ndarray:
+    """``(n, length, features)`` TimeGAN sine windows in [0, 1]; initial phases ~ U(0, ``phase``).
+
+    TimeGAN's 0.1 makes every window start near sin(0) = 0.5 and rise, so windows cut from the
+    middle of a longer sine look unlike any training window; ``phase=2*pi`` gives a stationary
+    process, where they do (the case for generating series longer than the window).
+    """
     rng = np.random.default_rng(seed)
     freq = rng.uniform(0, 0.1, size=(n, 1, features))
-    phase = rng.uniform(0, 0.1, size=(n, 1, features))
+    phase = rng.uniform(0, phase, size=(n, 1, features))
     t = np.arange(length)[None, :, None]
     return ((np.sin(freq * t + phase) + 1) * 0.5).astype(np.float32)
 
@@ -230,7 +235,7 @@ class Splits:
 def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = (0.8, 0.1, 0.1),
             missing: str = "error", time_column: str | None = None, columns: Sequence[str] = (),
             sine_samples: int = 10000, sine_features: int = 5, seed: int = 0,
-            transform: str = "none") -> Splits:
+            transform: str = "none", sine_phase: float = 0.1) -> Splits:
     """Everything the recipe needs: windows of each split, split before windowing. With a
     ``transform`` the windows hold increments (e.g. daily log returns) of the series."""
     if transform not in TRANSFORMS:
@@ -238,7 +243,7 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
     if source == "sine":  # independent samples: split by sample index
         if transform != "none":
             raise ValueError("data.transform applies to loaded series, not to the built-in sine data")
-        data = sine(sine_samples, length, sine_features, seed)
+        data = sine(sine_samples, length, sine_features, seed, sine_phase)
         n = len(data)
         b = np.round(np.cumsum([0, *split]) * n).astype(int)
         parts = [data[b[i] : b[i + 1]] for i in range(3)]
