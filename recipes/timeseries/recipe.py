@@ -406,12 +406,14 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
 
 def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], name: str = "report.md") -> Path:
     train_time = run_dir / "train_time.json"
-    tt = json.loads(train_time.read_text())["seconds"] if train_time.is_file() else float("nan")
+    tt_info = json.loads(train_time.read_text()) if train_time.is_file() else {}
+    tt, train_machine = tt_info.get("seconds", float("nan")), tt_info.get("machine", "")
     lines = [f"# TransFusion time-series run: `{run_dir.name}`", "",
              f"Data `{c.data.source}`, windows of {c.data.length} steps; model {c.model.dim} wide, "
              f"{c.model.n_layers} layers, {c.model.prediction}-prediction, {c.model.schedule} schedule, "
              f"T = {c.model.T}; {c.train.steps} steps of batch {c.train.batch_size}.", "",
-             f"Machine: {result['machine']}. Training {tt:.0f} s; sampling {result['n_fake']} series "
+             f"Training {tt:.0f} s" + (f" on {train_machine}" if train_machine else "") + "; evaluation on "
+             f"{result['machine']}: sampling {result['n_fake']} series "
              f"with {result['sampler']} ({result['steps']} steps) {result['sample_seconds']:.1f} s.", "",
              f"Scores on {result['n_real']} held-out real windows vs {result['n_fake']} generated "
              f"(mean ± 95% interval over {c.eval.repeats} runs where repeated; lower is better):", "",
