@@ -245,9 +245,9 @@ def test_resampling_draws_forecasts_from_the_exact_conditional_of_gaussian_data(
     mean = x[:, :H, 0].double() @ K.T  # exact conditional mean and variance of the future
     var = torch.diag(S[H:, H:] - K @ S[:H, H:])
     spread = {}
-    for r in (1, 10):
-        out = generate.forecast(model, x[:, :H], L, generate.make(model, "ddpm", 50, clip=None), resample=r)
+    for r in (1, 10):  # the recipe's default: DDIM, 25 steps, 10 rounds
+        out = generate.forecast(model, x[:, :H], L, generate.make(model, "ddim", 25, clip=None), resample=r)
         assert torch.equal(out[:, :H], x[:, :H])
         spread[r] = ((out[:, H:, 0].double() - mean) ** 2).mean(0) / var
-    assert spread[1][0] > 1.6  # replacement alone: loosely tied to the history
-    assert ((spread[10] > 0.65) & (spread[10] < 1.15)).all(), spread[10]
+    assert spread[1][0] > 1.4  # replacement alone: loosely tied to the history
+    assert ((spread[10] > 0.85) & (spread[10] < 1.15)).all(), spread[10]

@@ -51,9 +51,10 @@ def conditional(model: FusionModel, observed: torch.Tensor, mask: torch.Tensor, 
     Replacement alone ties the unobserved part only loosely to the observed one: with an exact
     denoiser for Gaussian data the first forecast step scatters twice as widely as the true
     conditional, and on sine data a forecast from half a window is barely better than an
-    unconditional draw. Resampling is what makes it agree (DDPM, 50 steps, ``resample=10``:
-    within ~10-25% of the exact conditional spread; sine forecast error 7x lower; see
-    docs/results.md). It redoes steps, so it needs a one-step sampler (``ddpm`` or ``ddim``).
+    unconditional draw. Resampling is what makes it agree (DDIM, 25 steps, ``resample=10``:
+    within 7% of the exact conditional spread; sine forecast error 4x lower; too many rounds
+    make draws too confident; see docs/results.md). It redoes steps, so it needs a one-step
+    sampler (``ddpm`` or ``ddim``).
     """
     if observed.shape != mask.shape:
         raise ValueError(f"observed {tuple(observed.shape)} and mask {tuple(mask.shape)} differ in shape")
