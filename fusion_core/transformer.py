@@ -184,13 +184,18 @@ class Block(nn.Module):
             return (None,) * 6
         return self.modulation(cond).chunk(6, dim=-1)  # each B L D
 
+    compile_kwargs: dict | None = None  # set by Transformer.compile_blocks
+
     def forward(self, h: Tensor, cond: Tensor | None, rope: tuple[Tensor, Tensor], attend_fn) -> Tensor:
         """``attend_fn(q, k, v) -> B H L Dh`` is the attention itself (masked full-sequence
         attention in training, attention over a KV cache in generation); everything around it
         is :meth:`pre` and :meth:`post`, the parts :meth:`Transformer.compile_blocks` compiles."""
         mods = self._mod(cond)
-        q, k, v = self.pre(h, rope, mods)
-        return self.post(h, attend_fn(q, k, v), mods)
+        pre, post = Block.pre, Block.post
+        if self.compile_kwargs is not None:
+            pre, post = _compiled(Block.pre, self.compile_kwargs), _compiled(Block.post, self.compile_kwargs)
+        q, k, v = pre(self, h, rope, mods)
+        return post(self, h, attend_fn(q, k, v), mods)
 
     def pre(self, h: Tensor, rope: tuple[Tensor, Tensor], mods) -> tuple[Tensor, Tensor, Tensor]:
         """Norm, modulation, QKV projection, RoPE: ``B H L Dh`` each."""
@@ -201,6 +206,18 @@ class Block(nn.Module):
         _, _, ga, sm, cm, gm = mods
         h = h + _gate(self.drop(self.attn.wo(rearrange(attn_out, "b h l d -> b l (h d)"))), ga)
         return h + _gate(self.drop(self.ffn(_modulate(self.ffn_norm(h), sm, cm))), gm)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn, compile_kwargs: dict):
+    """One compiled version of ``fn`` per set of options, shared by every block (the block is
+    an argument, so its weights are graph inputs and all layers reuse one graph)."""
+    key = (fn, repr(sorted(compile_kwargs.items())))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, **compile_kwargs)
+    return _COMPILED[key]
 
 
 def _modulate(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
@@ -232,8 +249,7 @@ class Transformer(nn.Module):
         outside: SDPA is one kernel already and flex attention is compiled on its own. Used by
         ``train.compile``; ``compile_kwargs`` go to :func:`torch.compile`."""
         for layer in self.layers:
-            layer.pre = torch.compile(layer.pre, **compile_kwargs)
-            layer.post = torch.compile(layer.post, **compile_kwargs)
+            layer.compile_kwargs = dict(compile_kwargs)
         return self
 
     def reset_parameters(self):
