@@ -87,3 +87,20 @@ def test_bad_input_is_rejected_with_location(examples_, kwargs, match):
 def test_segment_of_counts_ids():
     seg = Segment.of("text", torch.tensor([[1, 2, 3]]))
     assert seg.length == 3
+
+
+def test_cat_to_device_moves_tensors_in_one_copy_and_restores_shapes(monkeypatch):
+    import fusion_core.layout as layout_mod
+
+    copies = []
+
+    def fake_to_device(t, device):  # stands in for the pinned host-to-GPU copy
+        copies.append(t.shape)
+        return t.clone()
+
+    monkeypatch.setattr(layout_mod, "to_device", fake_to_device)
+    ts = [torch.arange(6.0).view(2, 3), torch.arange(4.0), torch.zeros(0), torch.full((1, 1, 2), 7.0)]
+    out = layout_mod.cat_to_device(ts, "meta")
+    assert len(copies) == 1 and copies[0] == (12,)
+    assert all(torch.equal(a, b) for a, b in zip(out, ts))
+    assert all(a is b for a, b in zip(layout_mod.cat_to_device(ts, "cpu"), ts))  # already there
