@@ -39,6 +39,15 @@ def sample_windows(model: FusionModel, n: int, length: int, features: int, sampl
     return torch.cat(out) if out else torch.zeros(0, length, features)
 
 
+def check_resample(sampler: Sampler, resample: int) -> None:
+    """Resampling redoes steps: it needs ``resample >= 1`` and a one-step sampler."""
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    if resample > 1 and sampler.multistep:
+        raise ValueError(f"resample={resample} needs a one-step sampler (ddpm or ddim): "
+                         f"{type(sampler).__name__} keeps earlier steps and cannot redo one")
+
+
 @torch.no_grad()
 def conditional(model: FusionModel, observed: torch.Tensor, mask: torch.Tensor, sampler: Sampler,
                 resample: int = 1, seed: int = 0) -> torch.Tensor:
@@ -58,11 +67,7 @@ def conditional(model: FusionModel, observed: torch.Tensor, mask: torch.Tensor, 
     """
     if observed.shape != mask.shape:
         raise ValueError(f"observed {tuple(observed.shape)} and mask {tuple(mask.shape)} differ in shape")
-    if resample < 1:
-        raise ValueError(f"resample must be >= 1, got {resample}")
-    if resample > 1 and sampler.multistep:
-        raise ValueError(f"resample={resample} needs a one-step sampler (ddpm or ddim): "
-                         f"{type(sampler).__name__} keeps earlier steps and cannot redo one")
+    check_resample(sampler, resample)
     model.eval()
     diff = model.diffusion[MODALITY]
     denoise = model.span_denoiser(MODALITY)

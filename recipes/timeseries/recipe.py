@@ -186,12 +186,12 @@ def _sampler(model, c: TSConfig, name=None, steps=None):
 
 
 def _cond_sampler(model, c: TSConfig, resample: int | None = None):
-    """The sampler and resampling count for conditional generation (``sample.cond_*``)."""
-    if c.sample.cond_sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"sample.cond_sampler must be ddpm or ddim (resampling redoes steps), "
-                         f"got {c.sample.cond_sampler!r}")
-    return (generate.make(model, c.sample.cond_sampler, c.sample.cond_steps or None),
-            c.sample.resample if resample is None else resample)
+    """The sampler and resampling count for conditional generation (``sample.cond_*``), checked
+    before any sampling starts."""
+    sampler = generate.make(model, c.sample.cond_sampler, c.sample.cond_steps or None)
+    resample = c.sample.resample if resample is None else resample
+    generate.check_resample(sampler, resample)
+    return sampler, resample
 
 
 # -- sample ------------------------------------------------------------------------------------------
@@ -313,7 +313,6 @@ def held_out(c: TSConfig, splits: Splits, n: int, seed: int = 0, long_factor: in
         L, F, k = c.data.length, c.data.sine_features, long_factor
         real = sine(-(-n // k), k * L, F, seed=c.train.seed + 1_000_003 + seed,
                     phase=c.data.sine_phase).reshape(-1, L, F)[:n]
-        F = real.shape[2]
         return real, (np.zeros(F), np.ones(F))
     real = splits.test if len(splits.test) >= 8 else splits.validation
     if len(real) < 8:
@@ -375,6 +374,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
                                       chunk=c.sample.chunk, cond_sampler=cond, resample=resample)
         long_s = time.time() - t0
         cut = ad.decode(long.reshape(n_series * a.long_factor, L, F)).numpy()[: e.n]
+        # loaded data: the same held-out windows (they start anywhere in the series already)
         real_cut = held_out(c, splits, e.n, a.seed + 2, a.long_factor)[0] if c.data.source == "sine" else real
         long_scores = score(real_cut, cut, e, a.seed, value_range)
         long_result = {"factor": a.long_factor, "sample_seconds": long_s, "resample": resample,
