@@ -142,17 +142,18 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, *rope), apply_rope(k, *rope), v
 
-    def cached(self, q: Tensor, k: Tensor, v: Tensor, cache: "KVCache", layer: int, mask: Tensor | None,
-               commit: bool) -> Tensor:
-        """Attention of new positions' ``q, k, v`` (``B H n Dh``) over the cached prefix and
-        themselves; writes ``k, v`` into the cache when ``commit``."""
-        start, n = cache.length, q.shape[2]
-        keys = torch.cat([cache.k[layer, :, :, :start], k], dim=2)
-        values = torch.cat([cache.v[layer, :, :, :start], v], dim=2)
-        if commit:
-            cache.k[layer, :, :, start : start + n] = k
-            cache.v[layer, :, :, start : start + n] = v
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+def cached_attention(q: Tensor, k: Tensor, v: Tensor, cache: "KVCache", layer: int, mask: Tensor | None,
+                     commit: bool) -> Tensor:
+    """Attention of new positions' ``q, k, v`` (``B H n Dh``) over ``layer``'s cached prefix and
+    themselves; writes ``k, v`` into the cache when ``commit``."""
+    start, n = cache.length, q.shape[2]
+    keys = torch.cat([cache.k[layer, :, :, :start], k], dim=2)
+    values = torch.cat([cache.v[layer, :, :, :start], v], dim=2)
+    if commit:
+        cache.k[layer, :, :, start : start + n] = k
+        cache.v[layer, :, :, start : start + n] = v
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
 
 class FeedForward(nn.Module):
@@ -350,7 +351,7 @@ class Transformer(nn.Module):
             mask = dense_mask(doc, span, q_offset=start)  # B 1 n (start + n)
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cond, rope, lambda q, k, v, i=i, a=layer.attn: a.cached(q, k, v, cache, i, mask, commit))
+            h = layer(h, cond, rope, lambda q, k, v, i=i: cached_attention(q, k, v, cache, i, mask, commit))
         if commit:
             cache.valid[:, start : start + n] = valid
             # rows whose new positions are all padding keep their next position

@@ -52,6 +52,7 @@ class GaussianDiffusion:
         self.T = len(ac)
         self.sqrt_ac = self.alphas_cumprod.sqrt()
         self.sqrt_1m_ac = (1 - self.alphas_cumprod).sqrt()
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     # -- forward process -----------------------------------------------------------------
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,12 +64,11 @@ class GaussianDiffusion:
     def _tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """``a_t``, ``s_t`` with index -1 → (1, 0), kept on each device they are used on (a
         copy from the CPU in every call would make every training step wait for the GPU)."""
-        cache = self.__dict__.setdefault("_on_device", {})
-        if device not in cache:
+        if device not in self._on_device:
             a = torch.cat([self.sqrt_ac, self.sqrt_ac.new_ones(1)])
             s = torch.cat([self.sqrt_1m_ac, self.sqrt_1m_ac.new_zeros(1)])
-            cache[device] = (a.to(device), s.to(device))
-        return cache[device]
+            self._on_device[device] = (a.to(device), s.to(device))
+        return self._on_device[device]
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Sample ``x_t ~ q(x_t | x0)`` given the noise: ``a_t x0 + s_t eps``."""
