@@ -1,7 +1,7 @@
 """CUDA checks that CPU tests cannot make: flex attention with gradients against SDPA on mixed
 layouts, the transformer under ``auto`` (flex) vs ``sdpa`` in bf16, and compiled blocks
-(``Transformer.compile_blocks``) against eager, outputs and gradients. Prints tables and one JSON line per section (training
-throughput of the 0.16B preset is in ``multimodal.py --device cuda``).
+(``Transformer.compile_blocks``) against eager, outputs and gradients. Prints tables and one JSON
+line per section (training throughput of the 0.16B preset is in ``multimodal.py --device cuda``).
 
     python bench/gpu_check.py
 """

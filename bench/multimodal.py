@@ -143,7 +143,6 @@ def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False
         model.backbone.compile_blocks()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     batch = model.collate(exs, max_len=L, pack=True)
-    tokens = int((~batch.layout.host.padding).sum())
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -159,12 +158,7 @@ def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     ms = timeit(step, device, warmup=2, iters=steps)
-    n_params = sum(p.numel() for p in model.parameters())
-    row = {"loop": "bare", "preset": preset_name, "attn": attn, "compiled": compiled,
-           "rows": batch.layout.batch_size, "L": L, "tokens/step": tokens, "first_loss": first_loss,
-           "first_step_s": first_s, "step_ms": ms, "tokens/s": tokens / ms * 1e3,
-           "MFU(6N)": 6 * n_params * tokens / (ms / 1e3) / 989e12,  # H100 SXM dense bf16 peak
-           "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
+    row = _row("bare", preset_name, attn, compiled, batch.layout, first_loss, first_s, ms, model)
     if profile:
         from torch.profiler import ProfilerActivity, profile as prof
 
@@ -195,13 +189,19 @@ def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cu
         first_loss = trainer.train_step()["loss"]
         first_s = time.perf_counter() - t0
         ms = timeit(trainer.train_step, device, warmup=2, iters=steps)
-    tokens = int((~model.collate(exs, max_len=L, pack=True).layout.host.padding).sum())
+    layout = model.collate(exs, max_len=L, pack=True).layout  # what each step trains on
+    return _row("Trainer", preset_name, attn, compiled, layout, first_loss, first_s, ms, model)
+
+
+def _row(loop, preset_name, attn, compiled, layout, first_loss, first_s, ms, model):
+    tokens = int((~layout.host.padding).sum())
     n_params = sum(p.numel() for p in model.parameters())
-    return {"loop": "Trainer", "preset": preset_name, "attn": attn, "compiled": compiled,
-            "rows": -(-tokens // L), "L": L, "tokens/step": tokens, "first_loss": first_loss,
+    cuda = layout.device.type == "cuda"
+    return {"loop": loop, "preset": preset_name, "attn": attn, "compiled": compiled,
+            "rows": layout.batch_size, "L": layout.seq_len, "tokens/step": tokens, "first_loss": first_loss,
             "first_step_s": first_s, "step_ms": ms, "tokens/s": tokens / ms * 1e3,
-            "MFU(6N)": 6 * n_params * tokens / (ms / 1e3) / 989e12,
-            "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")}
+            "MFU(6N)": 6 * n_params * tokens / (ms / 1e3) / 989e12,  # H100 SXM dense bf16 peak
+            "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
 
 
 def cuda_section(rows, profile):
