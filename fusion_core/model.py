@@ -330,11 +330,16 @@ class FusionModel(nn.Module):
         return cache["lm_targets" if host else "lm_targets_device"]
 
     def _lm_counts(self, batch: Batch) -> dict[str, int]:
-        """Next-token targets per discrete modality, counted on the CPU."""
-        lm = self._batch_lm_targets(batch, host=True)
-        h = batch.layout.host
-        return {name: int((lm.index_select(0, h.index(name)) >= 0).sum())
-                for name, a in self.adapters.items() if a.kind == "discrete" and name in self._payloads(batch)}
+        """Next-token targets per discrete modality, counted on the CPU once per batch (the
+        trainer asks before the loss does)."""
+        cache = batch._derived
+        if "lm_counts" not in cache:
+            lm = self._batch_lm_targets(batch, host=True)
+            h = batch.layout.host
+            cache["lm_counts"] = {name: int((lm.index_select(0, h.index(name)) >= 0).sum())
+                                  for name, a in self.adapters.items()
+                                  if a.kind == "discrete" and name in self._payloads(batch)}
+        return cache["lm_counts"]
 
     def _backbone(self, layout: SequenceLayout, embedded: dict[str, Embedded]) -> Tensor:
         B, L, D = layout.batch_size, layout.seq_len, self.dim
