@@ -162,6 +162,24 @@ def test_metrics_are_near_ideal_for_real_vs_real_and_worst_for_noise(real):
     assert f_same < 0.2 * f_noise, (f_same, f_noise)
 
 
+@pytest.mark.parametrize("per_step", [False, True])
+def test_metric_transformer_computes_what_nn_transformer_encoder_computes(per_step):
+    """The LDS/LPS networks run their ``nn.TransformerEncoder`` layers through a faster forward of
+    their own: it must give what the module itself gives (values and gradients)."""
+    torch.manual_seed(0)
+    net = metrics.TransformerNet(3, 2, per_step)
+    x = torch.rand(4, 12, 3)
+    h = net.inp(x) + metrics.sinusoidal(torch.arange(12), net.d)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(12) if per_step else None
+    h = net.enc(h, mask=mask, is_causal=per_step)
+    ref = net.out(h) if per_step else net.out(h.mean(1))
+    ref_grad = torch.autograd.grad(ref.square().sum(), net.enc.layers[0].self_attn.in_proj_weight)[0]
+    out = net(x)
+    grad = torch.autograd.grad(out.square().sum(), net.enc.layers[0].self_attn.in_proj_weight)[0]
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grad, ref_grad)
+
+
 def test_metrics_work_with_one_feature_and_reject_mismatched_shapes(real):
     one = real[..., :1]
     assert 0 <= metrics.predictive_score(one[:100], one[100:200], iters=20) < 1

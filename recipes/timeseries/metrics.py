@@ -63,11 +63,22 @@ class TransformerNet(nn.Module):
         self.per_step, self.d = per_step, d
 
     def forward(self, x):
-        L = x.shape[1]
-        h = self.inp(x) + sinusoidal(torch.arange(L, device=x.device), self.d)
-        mask = nn.Transformer.generate_square_subsequent_mask(L, device=x.device) if self.per_step else None
-        h = self.enc(h, mask=mask, is_causal=self.per_step)
+        h = self.inp(x) + sinusoidal(torch.arange(x.shape[1], device=x.device), self.d)
+        for layer in self.enc.layers:
+            h = _encoder_layer(layer, h, causal=self.per_step)
         return self.out(h) if self.per_step else self.out(h.mean(1))
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, h: torch.Tensor, causal: bool) -> torch.Tensor:
+    """``layer(h)`` (post-norm, ReLU, no dropout) computed from the layer's own weights, 2–3x
+    faster to train on CPU: ``nn.MultiheadAttention`` splits its packed projection with three
+    ``select``s whose backward each fills a zero tensor the size of all three."""
+    attn, (B, L, d) = layer.self_attn, h.shape
+    H = attn.num_heads
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4).unbind(0)
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(B, L, d)
+    h = layer.norm1(h + attn.out_proj(a))
+    return layer.norm2(h + layer.linear2(F.relu(layer.linear1(h))))
 
 
 def _batches(n: int, batch: int, g: torch.Generator):
