@@ -76,15 +76,15 @@ def get_recipe(name: str) -> Recipe:
     return import_object(known[name])
 
 
-def prepare_run_dir(cfg: DictConfig, resume: bool) -> Path:
+def prepare_run_dir(cfg: DictConfig) -> Path:
     """Resolve ``cfg.run_dir`` (default ``runs/<recipe>-<time>``), create it, write the resolved
-    config and start logging to ``run_dir/train.log``."""
+    config (on resume too: the run's config with that command's overrides, e.g. more steps) and
+    start logging to ``run_dir/train.log``."""
     if not cfg.get("run_dir"):
         cfg.run_dir = f"runs/{cfg.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume or not (run_dir / "config.yaml").exists():
-        save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run_dir / "config.yaml")
     setup_logging(run_dir / "train.log")
     return run_dir
 

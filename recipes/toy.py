@@ -93,7 +93,7 @@ def build_dataset(cfg, model: FusionModel) -> list[list[Item]]:
 
 def train(cfg: DictConfig, resume: bool = False) -> Path:
     info = init_distributed(cfg.train.device)
-    run_dir = prepare_run_dir(cfg, resume) if info.is_main else Path(cfg.run_dir)
+    run_dir = prepare_run_dir(cfg) if info.is_main else Path(cfg.run_dir)
     c = to_object(cfg)
     seed_everything(c.train.seed, 0, c.train.deterministic)  # same initial weights on every rank
     model = build_model(c)

@@ -143,7 +143,7 @@ def encode_windows(adapter: TimeSeriesAdapter, windows: np.ndarray) -> list[list
 
 def train(cfg: DictConfig, resume: bool = False) -> Path:
     info = init_distributed(cfg.train.device)
-    run_dir = prepare_run_dir(cfg, resume) if info.is_main else Path(cfg.run_dir)
+    run_dir = prepare_run_dir(cfg) if info.is_main else Path(cfg.run_dir)
     c = to_object(cfg)
     seed_everything(c.train.seed, 0, c.train.deterministic)
     t0 = time.time()
