@@ -7,6 +7,7 @@ a concrete recipe. A recipe module exposes ``recipe = Recipe(...)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -99,6 +100,22 @@ def machine_description() -> str:
     return f"{dev}, {platform.machine()}, torch {torch.__version__}"
 
 
+def write_train_time(run_dir: Path, seconds: float) -> None:
+    """Record ``train_time.json``: training wall seconds (``Trainer.train_seconds``: every resumed
+    segment, carried in the checkpoints) and this machine."""
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / "train_time.json",
+                      json.dumps({"seconds": seconds, "machine": machine_description()}))
+
+
+def read_train_time(run_dir: Path) -> tuple[float, str]:
+    """``(seconds, machine)`` of a run's training; ``(nan, "")`` when it never finished."""
+    path = Path(run_dir) / "train_time.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    return float(info.get("seconds", float("nan"))), info.get("machine", "")
+
+
 def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
     logger = logging.getLogger("fusion_core")
     logger.setLevel(level)
@@ -114,5 +131,5 @@ def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
         logger.addHandler(fh)
 
 
-__all__ = ["Recipe", "get_recipe", "machine_description", "prepare_run_dir", "registered_recipes",
-           "setup_logging", "to_yaml"]
+__all__ = ["Recipe", "get_recipe", "machine_description", "prepare_run_dir", "read_train_time",
+           "registered_recipes", "setup_logging", "to_yaml", "write_train_time"]

@@ -214,6 +214,9 @@ class Trainer:
         self.ema = EMA(self.model, args.ema_decay) if args.ema_decay > 0 else None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
         self.step = 0
+        # wall seconds spent in fit() up to self.step, across resumes (kept in every checkpoint;
+        # time after the last checkpoint of a crashed run is lost with its steps)
+        self.train_seconds = 0.0
         self.modalities = list(self.model.adapters)
         bf16 = args.precision == "bf16" or (args.precision == "auto" and self.info.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(self.info.device.type, dtype=torch.bfloat16)) if bf16 \
@@ -271,7 +274,7 @@ class Trainer:
         weights = {"model": model_sd}
         if ema_sd is not None:
             weights["ema"] = ema_sd
-        state = {"step": self.step, "optimizer": opt_sd, "scheduler": self.sched.state_dict(),
+        state = {"step": self.step, "train_seconds": self.train_seconds, "optimizer": opt_sd, "scheduler": self.sched.state_dict(),
                  "rng": rngs, "world_size": self.info.world_size}
         path = save_checkpoint(self.ckpt_dir, self.step, weights, state, self.config_yaml, self.args.keep_last)
         barrier(self.info)
@@ -303,6 +306,7 @@ class Trainer:
         rngs = state["rng"]
         _set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # older checkpoints lack it
         self.metrics.truncate_after(self.step)
         if self.info.is_main:
             log.info("resumed from %s (step %d)", path, self.step)
@@ -373,6 +377,7 @@ class Trainer:
         bar = tqdm(total=a.steps, initial=self.step, disable=not (a.progress and info.is_main),
                    desc="train", dynamic_ncols=True)
         t_last, tok, smp = time.perf_counter(), 0, 0
+        t_fit, seconds_before = t_last, self.train_seconds
         while self.step < a.steps:
             rec = self.train_step()
             tok, smp = tok + rec.pop("tokens"), smp + rec.pop("samples")
@@ -384,6 +389,7 @@ class Trainer:
                 records.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
             bar.update(1)
+            self.train_seconds = seconds_before + time.perf_counter() - t_fit
             if self.step % a.ckpt_every == 0 or self.step == a.steps:
                 self.save()
         bar.close()

@@ -130,6 +130,19 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
 
 
+def test_training_clock_carries_over_a_resume(tmp_path):
+    """Reports state the wall time of the whole run, not of its last segment."""
+    first = _trainer(tmp_path, steps=4, ckpt_every=4)
+    first.fit()
+    assert first.train_seconds > 0
+    second = _trainer(tmp_path, steps=8, ckpt_every=4)
+    assert second.resume() and second.train_seconds == first.train_seconds
+    second.fit()
+    assert second.step == 8 and second.train_seconds > first.train_seconds
+    third = _trainer(tmp_path, steps=8)
+    assert third.resume() and third.train_seconds == second.train_seconds
+
+
 def test_nan_loss_stops_with_step_and_part(tmp_path):
     t = _trainer(tmp_path)
     with torch.no_grad():

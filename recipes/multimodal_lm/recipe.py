@@ -34,7 +34,8 @@ from fusion_core.diffusion import GaussianDiffusion, make_sampler
 from fusion_core.distributed import init_distributed, shutdown
 from fusion_core.model import FusionModel, Item
 from fusion_core.stats import frechet_distance
-from fusion_core.recipe import Recipe, machine_description, prepare_run_dir, setup_logging
+from fusion_core.recipe import (Recipe, machine_description, prepare_run_dir, read_train_time,
+                                setup_logging, write_train_time)
 from fusion_core.trainer import OptimArgs, Trainer, TrainArgs, seed_everything
 from fusion_core.transformer import TransformerArgs
 from fusion_core.modalities.image import ImageAdapter
@@ -211,7 +212,6 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
     run_dir = prepare_run_dir(cfg) if info.is_main else Path(cfg.run_dir)
     c = to_object(cfg)
     seed_everything(c.train.seed, 0, c.train.deterministic)
-    t0 = time.time()
     model = build_model(c)
     data = build_dataset(c, model)
     if info.is_main:
@@ -221,10 +221,11 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
     def collate(model, examples, seeds):
         return model.collate(examples, max_len=max_len, pack=True, seeds=seeds)
 
-    Trainer(model, data, collate, c.train, run_dir, to_yaml(cfg), info).fit(resume=resume)
+    trainer = Trainer(model, data, collate, c.train, run_dir, to_yaml(cfg), info)
+    trainer.fit(resume=resume)
     shutdown(info)
     if info.is_main:
-        (run_dir / "train_time.json").write_text(json.dumps({"seconds": time.time() - t0, "machine": machine_description()}))
+        write_train_time(run_dir, trainer.train_seconds)
         if c.eval.after_train:
             evaluate(run_dir, [])
     return run_dir
@@ -460,8 +461,7 @@ def save_grid(imgs: torch.Tensor, path: Path, cols: int = 10) -> Path:
 
 
 def write_report(run_dir: Path, c: MMConfig, res: dict) -> Path:
-    tt = run_dir / "train_time.json"
-    secs = json.loads(tt.read_text())["seconds"] if tt.is_file() else float("nan")
+    secs, _ = read_train_time(run_dir)
     m = c.model
     lines = [f"# Transfusion run `{run_dir.name}`", "",
              f"Model {m.dim} wide, {m.n_layers} layers, {m.image_design} {m.patch_size}x{m.patch_size} patches, "

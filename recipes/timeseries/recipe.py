@@ -32,7 +32,8 @@ from fusion_core.config import load_config, to_object, to_yaml
 from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.distributed import init_distributed, shutdown
 from fusion_core.model import FusionModel, Item
-from fusion_core.recipe import Recipe, machine_description, prepare_run_dir, setup_logging
+from fusion_core.recipe import (Recipe, machine_description, prepare_run_dir, read_train_time,
+                                setup_logging, write_train_time)
 from fusion_core.trainer import OptimArgs, Trainer, TrainArgs, seed_everything
 from fusion_core.transformer import TransformerArgs
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
@@ -146,7 +147,6 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
     run_dir = prepare_run_dir(cfg) if info.is_main else Path(cfg.run_dir)
     c = to_object(cfg)
     seed_everything(c.train.seed, 0, c.train.deterministic)
-    t0 = time.time()
     splits = load_data(c)
     if len(splits.train) == 0:
         raise ValueError("no training windows: check data.length, data.split and missing values")
@@ -161,11 +161,11 @@ def train(cfg: DictConfig, resume: bool = False) -> Path:
     def collate(model, examples, seeds):
         return model.collate(examples, seeds=seeds)
 
-    Trainer(model, data, collate, c.train, run_dir, to_yaml(cfg), info).fit(resume=resume)
+    trainer = Trainer(model, data, collate, c.train, run_dir, to_yaml(cfg), info)
+    trainer.fit(resume=resume)
     shutdown(info)
     if info.is_main:
-        (run_dir / "train_time.json").write_text(json.dumps({"seconds": time.time() - t0,
-                                                              "machine": machine_description()}))
+        write_train_time(run_dir, trainer.train_seconds)
         if c.eval.after_train:
             evaluate(run_dir, [])
     return run_dir
@@ -405,9 +405,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
 
 
 def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], name: str = "report.md") -> Path:
-    train_time = run_dir / "train_time.json"
-    tt_info = json.loads(train_time.read_text()) if train_time.is_file() else {}
-    tt, train_machine = tt_info.get("seconds", float("nan")), tt_info.get("machine", "")
+    tt, train_machine = read_train_time(run_dir)
     lines = [f"# TransFusion time-series run: `{run_dir.name}`", "",
              f"Data `{c.data.source}`, windows of {c.data.length} steps; model {c.model.dim} wide, "
              f"{c.model.n_layers} layers, {c.model.prediction}-prediction, {c.model.schedule} schedule, "
