@@ -120,6 +120,10 @@ def main():
     a = p.parse_args()
     device = torch.device(a.device)
     cuda = device.type == "cuda"
+    if a.compile:
+        # three models x (training, sampling) x lengths recompile the regions the blocks share;
+        # past dynamo's default limit of 8 the later rows would quietly run those layers eagerly
+        torch._dynamo.config.recompile_limit = 64
     batch, steps = a.batch or (256 if cuda else 16), a.steps or (20 if cuda else 3)
     rows = run(device, a.lengths, batch, steps, a.features, sample_n=256 if cuda else 16,
                sample_steps=50, dtype="bf16" if cuda else "fp32", compile_=a.compile)
