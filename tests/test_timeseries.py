@@ -197,6 +197,11 @@ def test_cli_runs_tiny_end_to_end(tmp_path):
               "overlay.png", "eval_samples.npy"):
         assert (run / f).exists(), f
     assert "discriminative" in (run / "report.md").read_text()
+    before = {f: (run / f).read_bytes() for f in ("eval.json", "eval_samples.npy", "overlay.png")}
+    assert main(["evaluate", str(run), "--n", "40", "--metrics", "corr", "--no-tsne", "--tag", "t"]) == 0
+    for f in ("eval-t.json", "report-t.md", "eval_samples-t.npy", "overlay-t.png", "pca-t.png"):
+        assert (run / f).exists(), f  # a tagged evaluation leaves the untagged one's files alone
+    assert all((run / f).read_bytes() == b for f, b in before.items())
     assert main(["sample", str(run), "--n", "5", "--out", "s.csv"]) == 0
     df = pd.read_csv(run / "s.csv")
     assert list(df.columns[:2]) == ["series", "step"] and df["series"].nunique() == 5

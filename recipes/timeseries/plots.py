@@ -18,8 +18,9 @@ def _plt():
 
 
 def embedding_plots(real: np.ndarray, fake: np.ndarray, out_dir: Path, n: int = 1000, seed: int = 0,
-                    tsne: bool = True) -> list[Path]:
-    """Save ``pca.png`` (and ``tsne.png``) of up to ``n`` real and ``n`` synthetic windows."""
+                    tsne: bool = True, suffix: str = "") -> list[Path]:
+    """Save ``pca{suffix}.png`` (and ``tsne{suffix}.png``) of up to ``n`` real and ``n`` synthetic
+    windows."""
     plt = _plt()
     rng = np.random.default_rng(seed)
     r = real[rng.permutation(len(real))[:n]].mean(2)
@@ -41,7 +42,7 @@ def embedding_plots(real: np.ndarray, fake: np.ndarray, out_dir: Path, n: int = 
         ax.scatter(*e[len(r):].T, s=4, alpha=0.4, c="tab:blue", label="synthetic")
         ax.set_title(f"{name.upper()}: real vs synthetic"), ax.legend()
         fig.tight_layout()
-        p = Path(out_dir) / f"{name}.png"
+        p = Path(out_dir) / f"{name}{suffix}.png"
         fig.savefig(p, dpi=100)
         plt.close(fig)
         paths.append(p)

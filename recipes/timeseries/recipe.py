@@ -342,7 +342,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
                    "(default sample.resample)")
     p.add_argument("--reference", action="store_true", default=None,
                    help="also score real training windows (the floor a chronological split allows)")
-    p.add_argument("--tag", default="", help="write eval-TAG.json / report-TAG.md instead")
+    p.add_argument("--tag", default="", help="name this evaluation's files eval-TAG.json, report-TAG.md, "
+                   "eval_samples-TAG.npy, overlay-TAG.png, ... (side-by-side evaluations keep theirs)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     run_dir = Path(run_dir)
@@ -361,7 +362,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     t0 = time.time()
     fake = ad.decode(generate.sample_windows(model, e.n, L, F, sampler, c.sample.chunk, a.seed)).numpy()
     sample_s = time.time() - t0
-    np.save(run_dir / "eval_samples.npy", fake)
+    suffix = f"-{a.tag}" if a.tag else ""  # a tagged evaluation keeps its own files: runs side by side
+    np.save(run_dir / f"eval_samples{suffix}.npy", fake)
     t0 = time.time()
     scores = score(real, fake, e, a.seed, value_range)
     score_s = time.time() - t0
@@ -385,13 +387,12 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         src = splits.train if c.data.source != "sine" else held_out(c, splits, e.n, a.seed + 1)[0]
         ref = src[np.random.default_rng(a.seed + 7).permutation(len(src))[: e.n]]
         reference = {k: {"mean": m, "ci95": ci} for k, (m, ci) in score(real, ref, e, a.seed, value_range).items()}
-    pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne)
-    pics.append(plots.overlay(real, fake, splits.columns, run_dir / "overlay.png"))
+    pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne, suffix=suffix)
+    pics.append(plots.overlay(real, fake, splits.columns, run_dir / f"overlay{suffix}.png"))
     result = {"scores": {k: {"mean": m, "ci95": ci} for k, (m, ci) in scores.items()},
               "n_real": len(real), "n_fake": len(fake), "sampler": sampler.__class__.__name__,
               "steps": len(sampler), "sample_seconds": sample_s, "score_seconds": score_s,
               "machine": machine_description(), "long": long_result, "reference": reference}
-    suffix = f"-{a.tag}" if a.tag else ""
     (run_dir / f"eval{suffix}.json").write_text(json.dumps(result, indent=1))
     write_report(run_dir, c, result, pics, f"report{suffix}.md")
     for k, (m, ci) in scores.items():
