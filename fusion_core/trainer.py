@@ -274,8 +274,8 @@ class Trainer:
         weights = {"model": model_sd}
         if ema_sd is not None:
             weights["ema"] = ema_sd
-        state = {"step": self.step, "train_seconds": self.train_seconds, "optimizer": opt_sd, "scheduler": self.sched.state_dict(),
-                 "rng": rngs, "world_size": self.info.world_size}
+        state = {"step": self.step, "train_seconds": self.train_seconds, "optimizer": opt_sd,
+                 "scheduler": self.sched.state_dict(), "rng": rngs, "world_size": self.info.world_size}
         path = save_checkpoint(self.ckpt_dir, self.step, weights, state, self.config_yaml, self.args.keep_last)
         barrier(self.info)
         return path
