@@ -1,5 +1,7 @@
 """The timeseries recipe: data, no leaks, conditional generation, metrics at their extremes, CLI."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -190,13 +192,54 @@ def test_metrics_work_with_one_feature_and_reject_mismatched_shapes(real):
     assert lo == 2.0 and abs(hi - 4.303 * 1 / 3**0.5) < 1e-3
 
 
+def _sine_fit_brute_force(x, max_phase, n_freq=401, n_phase=64):
+    """A coarse grid over (frequency, phase), then a bounded local search from its best point."""
+    from scipy.optimize import minimize
+
+    t = np.arange(x.shape[1])
+    fs, ps = np.linspace(0, 0.1, n_freq), np.linspace(0, max_phase, n_phase)
+    fam = (np.sin(fs[:, None, None] * t + ps[None, :, None]) + 1) / 2  # (freq, phase, L)
+    out = []
+    for c in x.transpose(0, 2, 1).reshape(-1, x.shape[1]):
+        i, j = np.unravel_index(((c - fam) ** 2).mean(-1).argmin(), fam.shape[:2])
+        def mse(v, c=c):
+            return ((c - (np.sin(v[0] * t + v[1]) + 1) / 2) ** 2).mean()
+
+        res = minimize(mse, [fs[i], ps[j]], bounds=[(0, 0.1), (0, max_phase)], method="L-BFGS-B")
+        out.append(np.sqrt(min(res.fun, ((c - fam[i, j]) ** 2).mean())))
+    return np.array(out).reshape(x.shape[0], x.shape[2])
+
+
+@pytest.mark.parametrize("max_phase", [0.1, 2 * np.pi])
+def test_sine_fit_finds_the_nearest_generator_sine(max_phase):
+    x = sine(40, 96, 2, seed=5, phase=max_phase)
+    exact = metrics.sine_fit_error(x, max_phase=max_phase)
+    assert exact.max() < 0.005  # the generator's own curves are (up to the grids) in its family
+    rng = np.random.default_rng(0)
+    bent = np.stack([x[:8] + 0.04,  # offset: no sine of the family can absorb it fully
+                     0.5 + 0.7 * (x[:8] - 0.5),  # amplitude 0.7
+                     x[:8] + 0.02 * rng.standard_normal(x[:8].shape),
+                     np.cumsum(0.03 * rng.standard_normal(x[:8].shape), 1) + 0.5])
+    bent = bent.reshape(32, 96, 2)
+    got = metrics.sine_fit_error(bent, max_phase=max_phase)
+    ref = _sine_fit_brute_force(bent, max_phase)
+    assert np.all(got >= ref - 0.003) and got.mean() > 0.02  # never closer than a brute-force search
+    np.testing.assert_allclose(got, ref, atol=0.003)
+    noise = rng.uniform(0, 1, (10, 96, 2))
+    assert metrics.sine_fit_error(noise, max_phase=max_phase).min() > 0.2
+
+
 def test_cli_runs_tiny_end_to_end(tmp_path):
     run = tmp_path / "run"
     assert main(["run", "timeseries", "--preset", "tiny", f"run_dir={run}"]) == 0
     for f in ("config.yaml", "checkpoints/latest", "metrics.jsonl", "eval.json", "report.md", "pca.png",
               "overlay.png", "eval_samples.npy"):
         assert (run / f).exists(), f
-    assert "discriminative" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "discriminative" in report and "Sine fit" in report
+    fit = json.loads((run / "eval.json").read_text())["sine_fit"]  # a closed form, next to the classifiers
+    assert fit["real"]["mean"] < 0.002 and fit["real"]["off"] == 0.0
+    assert fit["fake"]["mean"] > fit["real"]["mean"]
     before = {f: (run / f).read_bytes() for f in ("eval.json", "eval_samples.npy", "overlay.png")}
     assert main(["evaluate", str(run), "--n", "40", "--metrics", "corr", "--no-tsne", "--tag", "t"]) == 0
     for f in ("eval-t.json", "report-t.md", "eval_samples-t.npy", "overlay-t.png", "pca-t.png"):

@@ -43,6 +43,7 @@ from .data import Splits, from_increments, prepare, to_increments
 
 log = logging.getLogger("fusion_core")
 ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
+SINE_OFF = 0.05  # a generated sine curve this far (RMS, [0, 1] units) from every true sine is "off"
 
 
 @dataclass
@@ -387,16 +388,27 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         src = splits.train if c.data.source != "sine" else held_out(c, splits, e.n, a.seed + 1)[0]
         ref = src[np.random.default_rng(a.seed + 7).permutation(len(src))[: e.n]]
         reference = {k: {"mean": m, "ci95": ci} for k, (m, ci) in score(real, ref, e, a.seed, value_range).items()}
+    sine_fit = None
+    if c.data.source == "sine":  # a closed form: each curve's distance from the generator's family
+        sine_fit = {}
+        for k, x in (("fake", fake), ("real", real)):
+            err = metrics.sine_fit_error(x, max_phase=c.data.sine_phase)
+            sine_fit[k] = {"mean": float(err.mean()), "off": float((err > SINE_OFF).mean())}
     pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne, suffix=suffix)
     pics.append(plots.overlay(real, fake, splits.columns, run_dir / f"overlay{suffix}.png"))
     result = {"scores": {k: {"mean": m, "ci95": ci} for k, (m, ci) in scores.items()},
               "n_real": len(real), "n_fake": len(fake), "sampler": sampler.__class__.__name__,
               "steps": len(sampler), "sample_seconds": sample_s, "score_seconds": score_s,
-              "machine": machine_description(), "long": long_result, "reference": reference}
+              "machine": machine_description(), "long": long_result, "reference": reference,
+              "sine_fit": sine_fit}
     (run_dir / f"eval{suffix}.json").write_text(json.dumps(result, indent=1))
     write_report(run_dir, c, result, pics, f"report{suffix}.md")
     for k, (m, ci) in scores.items():
         log.info("%-28s %.4f ± %.4f", NAMES[k], m, ci)
+    if sine_fit:
+        fk, rl = sine_fit["fake"], sine_fit["real"]
+        log.info("%-28s %.4f, %.1f%% of curves off by > %.2f (real windows: %.4f)",
+                 "sine fit (RMS distance)", fk["mean"], 100 * fk["off"], SINE_OFF, rl["mean"])
     for k, v in (reference or {}).items():
         log.info("%-28s %.4f ± %.4f (real training windows)", NAMES[k], v["mean"], v["ci95"])
     for k, v in (long_result or {}).get("scores", {}).items():
@@ -427,6 +439,12 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
 
     for k, v in result["scores"].items():
         lines.append(f"| {NAMES[k]} | {cell(v)} |" + (f" {cell(ref[k])} |" if ref else ""))
+    if result.get("sine_fit"):
+        fk, rl = result["sine_fit"]["fake"], result["sine_fit"]["real"]
+        lines += ["", ("Sine fit (closed form: each generated curve's RMS distance from the nearest "
+                       f"sine of the generator's family): **{fk['mean']:.4f}**, {100 * fk['off']:.1f}% "
+                       f"of curves off by more than {SINE_OFF} (real windows: {rl['mean']:.4f}, "
+                       f"{100 * rl['off']:.1f}%).")]
     if result.get("long"):
         lg = result["long"]
         lines += ["", f"Windows cut from series {lg['factor']}x the training window (each new window "
