@@ -1,6 +1,6 @@
 """Sampler quality on a trained built-in-sine run, measured by a closed form rather than a
 classifier: each generated curve's RMS distance from the nearest sine of the generator's family
-(``metrics.sine_fit_error``). Same model, same seed, same number of series for every sampler.
+(``metrics.sine_fit``). Same model, same seed, same number of series for every sampler.
 Prints a table and a JSON line; ratios are against the first sampler listed.
 
     python bench/sine_samplers.py runs/sine384 --n 300 --samplers dpm_solver:50 ddpm:250 ddpm:1000
@@ -16,7 +16,7 @@ import torch
 
 from common import print_json, print_table, sync
 from fusion_core.recipes.timeseries import generate, metrics
-from fusion_core.recipes.timeseries.recipe import SINE_OFF, load_run
+from fusion_core.recipes.timeseries.recipe import load_run
 
 
 def main() -> None:
@@ -43,10 +43,10 @@ def main() -> None:
         x = ad.decode(x).numpy()
         sync(device)
         sec = time.perf_counter() - t0
-        err = metrics.sine_fit_error(x, max_phase=c.data.sine_phase)
+        fit = metrics.sine_fit(x, c.data.sine_phase)
         rows.append({"sampler": name, "steps": len(sampler), "seconds": round(sec, 1),
-                     "sine_fit": round(float(err.mean()), 4),
-                     f"off>{SINE_OFF}": round(float((err > SINE_OFF).mean()), 3)})
+                     "sine_fit": round(fit["mean"], 4),
+                     f"off>{metrics.SINE_OFF}": round(fit["off"], 3)})
     for r in rows:
         r["time_ratio"] = round(r["seconds"] / rows[0]["seconds"], 2)
     title = (f"{a.run_dir}: {a.n} series of {L} x {F}, seed {a.seed}, {device} "

@@ -208,6 +208,15 @@ def context_fid(real: np.ndarray, fake: np.ndarray, iters: int = 1000, batch: in
     return frechet_distance(er, ef)
 
 
+SINE_OFF = 0.05  # a generated sine curve this far (RMS, [0, 1] units) from every true sine is "off"
+
+
+def sine_fit(x: np.ndarray, max_phase: float = 0.1) -> dict[str, float]:
+    """``sine_fit_error`` summarized: its mean and the share of curves off by > ``SINE_OFF``."""
+    err = sine_fit_error(x, max_phase=max_phase)
+    return {"mean": float(err.mean()), "off": float((err > SINE_OFF).mean())}
+
+
 def sine_fit_error(x: np.ndarray, max_freq: float = 0.1, max_phase: float = 0.1,
                    n_freq: int = 4001, n_phase: int = 64, chunk: int = 512) -> np.ndarray:
     """Per curve ``(n, F)``: RMS distance of ``x[i, :, j]`` from the nearest TimeGAN sine
@@ -234,17 +243,17 @@ def sine_fit_error(x: np.ndarray, max_freq: float = 0.1, max_phase: float = 0.1,
         return yy - 2 * (c * A + s_ * B) + c * c * SS[k] + 2 * c * s_ * SC[k] + s_ * s_ * CC[k]
 
     out = np.empty(len(y))
-    phases = np.linspace(lo, hi, n_phase)
+    phases, k = np.linspace(lo, hi, n_phase), np.arange(n_freq)
+    det = SS * CC - SC * SC
+    ok = det > 1e-9  # f = 0: S = 0, only the phase term C matters
+    safe = np.where(ok, det, 1.0)
     for i in range(0, len(y), chunk):
         yc = y[i:i + chunk]
         yy = (yc * yc).sum(1)[:, None]
         A, B = yc @ S.T, yc @ C.T  # (m, n_freq)
-        det = SS * CC - SC * SC
-        safe = np.where(det > 1e-9, det, 1.0)  # f = 0: S = 0, only the phase term C matters
-        a = np.where(det > 1e-9, (CC * A - SC * B) / safe, 0.0)
-        b = np.where(det > 1e-9, (SS * B - SC * A) / safe, B / CC)
+        a = np.where(ok, (CC * A - SC * B) / safe, 0.0)
+        b = np.where(ok, (SS * B - SC * A) / safe, B / CC)
         p = np.clip(np.arctan2(b, a), lo, hi)
-        k = np.arange(n_freq)
         err = sq_err(yy, A, B, k, p)
         top = np.argsort(err, 1)[:, :3]  # refine the three best frequencies on the phase grid
         rows = np.arange(len(yc))[:, None, None]

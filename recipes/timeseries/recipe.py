@@ -43,7 +43,6 @@ from .data import Splits, from_increments, prepare, to_increments
 
 log = logging.getLogger("fusion_core")
 ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
-SINE_OFF = 0.05  # a generated sine curve this far (RMS, [0, 1] units) from every true sine is "off"
 
 
 @dataclass
@@ -390,10 +389,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         reference = {k: {"mean": m, "ci95": ci} for k, (m, ci) in score(real, ref, e, a.seed, value_range).items()}
     sine_fit = None
     if c.data.source == "sine":  # a closed form: each curve's distance from the generator's family
-        sine_fit = {}
-        for k, x in (("fake", fake), ("real", real)):
-            err = metrics.sine_fit_error(x, max_phase=c.data.sine_phase)
-            sine_fit[k] = {"mean": float(err.mean()), "off": float((err > SINE_OFF).mean())}
+        sine_fit = {"fake": metrics.sine_fit(fake, c.data.sine_phase),
+                    "real": metrics.sine_fit(real, c.data.sine_phase)}
     pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne, suffix=suffix)
     pics.append(plots.overlay(real, fake, splits.columns, run_dir / f"overlay{suffix}.png"))
     result = {"scores": {k: {"mean": m, "ci95": ci} for k, (m, ci) in scores.items()},
@@ -407,8 +404,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         log.info("%-28s %.4f ± %.4f", NAMES[k], m, ci)
     if sine_fit:
         fk, rl = sine_fit["fake"], sine_fit["real"]
-        log.info("%-28s %.4f, %.1f%% of curves off by > %.2f (real windows: %.4f)",
-                 "sine fit (RMS distance)", fk["mean"], 100 * fk["off"], SINE_OFF, rl["mean"])
+        log.info("%-28s %.4f, %.1f%% of curves off by > %.2f (real windows: %.4f)", "sine fit (RMS distance)",
+                 fk["mean"], 100 * fk["off"], metrics.SINE_OFF, rl["mean"])
     for k, v in (reference or {}).items():
         log.info("%-28s %.4f ± %.4f (real training windows)", NAMES[k], v["mean"], v["ci95"])
     for k, v in (long_result or {}).get("scores", {}).items():
@@ -443,7 +440,7 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
         fk, rl = result["sine_fit"]["fake"], result["sine_fit"]["real"]
         lines += ["", ("Sine fit (closed form: each generated curve's RMS distance from the nearest "
                        f"sine of the generator's family): **{fk['mean']:.4f}**, {100 * fk['off']:.1f}% "
-                       f"of curves off by more than {SINE_OFF} (real windows: {rl['mean']:.4f}, "
+                       f"of curves off by more than {metrics.SINE_OFF} (real windows: {rl['mean']:.4f}, "
                        f"{100 * rl['off']:.1f}%).")]
     if result.get("long"):
         lg = result["long"]
