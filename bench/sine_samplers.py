@@ -46,7 +46,8 @@ def main() -> None:
         fit = metrics.sine_fit(x, c.data.sine_phase)
         rows.append({"sampler": name, "steps": len(sampler), "seconds": round(sec, 1),
                      "sine_fit": round(fit["mean"], 4),
-                     f"off>{metrics.SINE_OFF}": round(fit["off"], 3)})
+                     f"off>{metrics.SINE_OFF}": round(fit["off"], 3),
+                     "windows_off": round(fit["windows_off"], 3)})
     for r in rows:
         r["time_ratio"] = round(r["seconds"] / rows[0]["seconds"], 2)
     title = (f"{a.run_dir}: {a.n} series of {L} x {F}, seed {a.seed}, {device} "

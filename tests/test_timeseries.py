@@ -229,6 +229,16 @@ def test_sine_fit_finds_the_nearest_generator_sine(max_phase):
     assert metrics.sine_fit_error(noise, max_phase=max_phase).min() > 0.2
 
 
+def test_sine_fit_counts_flawed_curves_and_the_windows_that_hold_them():
+    x = sine(8, 96, 5, seed=3)
+    x[1, :, 2] = 0.9  # two curves no sine of the family comes near in window 1, one in window 6
+    x[1, :, 4] = 1 - x[1, :, 4]
+    x[6, :, 0] = 0.1
+    fit = metrics.sine_fit(x)
+    assert fit["off"] == 3 / 40 and fit["windows_off"] == 2 / 8
+    assert fit["mean"] == pytest.approx(metrics.sine_fit_error(x).mean())
+
+
 def test_cli_runs_tiny_end_to_end(tmp_path):
     run = tmp_path / "run"
     assert main(["run", "timeseries", "--preset", "tiny", f"run_dir={run}"]) == 0
@@ -238,7 +248,7 @@ def test_cli_runs_tiny_end_to_end(tmp_path):
     report = (run / "report.md").read_text()
     assert "discriminative" in report and "Sine fit" in report
     fit = json.loads((run / "eval.json").read_text())["sine_fit"]  # a closed form, next to the classifiers
-    assert fit["real"]["mean"] < 0.002 and fit["real"]["off"] == 0.0
+    assert fit["real"]["mean"] < 0.002 and fit["real"]["off"] == fit["real"]["windows_off"] == 0.0
     assert fit["fake"]["mean"] > fit["real"]["mean"]
     before = {f: (run / f).read_bytes() for f in ("eval.json", "eval_samples.npy", "overlay.png")}
     assert main(["evaluate", str(run), "--n", "40", "--metrics", "corr", "--no-tsne", "--tag", "t"]) == 0

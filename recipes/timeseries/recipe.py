@@ -404,8 +404,9 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         log.info("%-28s %.4f ± %.4f", NAMES[k], m, ci)
     if sine_fit:
         fk, rl = sine_fit["fake"], sine_fit["real"]
-        log.info("%-28s %.4f, %.1f%% of curves off by > %.2f (real windows: %.4f)", "sine fit (RMS distance)",
-                 fk["mean"], 100 * fk["off"], metrics.SINE_OFF, rl["mean"])
+        log.info("%-28s %.4f, %.1f%% of curves off by > %.2f, in %.1f%% of windows (real windows: %.4f)",
+                 "sine fit (RMS distance)", fk["mean"], 100 * fk["off"], metrics.SINE_OFF,
+                 100 * fk["windows_off"], rl["mean"])
     for k, v in (reference or {}).items():
         log.info("%-28s %.4f ± %.4f (real training windows)", NAMES[k], v["mean"], v["ci95"])
     for k, v in (long_result or {}).get("scores", {}).items():
@@ -440,7 +441,8 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
         fk, rl = result["sine_fit"]["fake"], result["sine_fit"]["real"]
         lines += ["", ("Sine fit (closed form: each generated curve's RMS distance from the nearest "
                        f"sine of the generator's family): **{fk['mean']:.4f}**, {100 * fk['off']:.1f}% "
-                       f"of curves off by more than {metrics.SINE_OFF} (real windows: {rl['mean']:.4f}, "
+                       f"of curves off by more than {metrics.SINE_OFF}, in {100 * fk['windows_off']:.1f}% "
+                       f"of the windows (real windows: {rl['mean']:.4f}, "
                        f"{100 * rl['off']:.1f}%).")]
     if result.get("long"):
         lg = result["long"]
