@@ -214,9 +214,9 @@ SINE_OFF = 0.05  # a generated sine curve this far (RMS, [0, 1] units) from ever
 def sine_fit(x: np.ndarray, max_phase: float = 0.1) -> dict[str, float]:
     """``sine_fit_error`` summarized: its mean, the share of curves off by > ``SINE_OFF``, and the
     share of windows with at least one such curve (what a real-vs-synthetic classifier sees)."""
-    off = sine_fit_error(x, max_phase=max_phase)
-    return {"mean": float(off.mean()), "off": float((off > SINE_OFF).mean()),
-            "windows_off": float((off > SINE_OFF).any(1).mean())}
+    err = sine_fit_error(x, max_phase=max_phase)
+    off = err > SINE_OFF
+    return {"mean": float(err.mean()), "off": float(off.mean()), "windows_off": float(off.any(1).mean())}
 
 
 def sine_fit_error(x: np.ndarray, max_freq: float = 0.1, max_phase: float = 0.1,
