@@ -12,9 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from common import print_json, print_table, sync
+from fusion_core.recipe import machine_description
 from fusion_core.recipes.timeseries import generate, metrics
 from fusion_core.recipes.timeseries.recipe import load_run
 
@@ -50,10 +49,9 @@ def main() -> None:
                      "windows_off": round(fit["windows_off"], 3)})
     for r in rows:
         r["time_ratio"] = round(r["seconds"] / rows[0]["seconds"], 2)
-    title = (f"{a.run_dir}: {a.n} series of {L} x {F}, seed {a.seed}, {device} "
-             f"({torch.get_num_threads()} threads), torch {torch.__version__}")
-    print_table(rows, title)
-    print_json("sine_samplers", rows, run=str(a.run_dir), n=a.n, length=L, device=str(device))
+    machine = machine_description()
+    print_table(rows, f"{a.run_dir}: {a.n} series of {L} x {F}, seed {a.seed}, {machine}")
+    print_json("sine_samplers", rows, run=str(a.run_dir), n=a.n, length=L, machine=machine)
 
 
 if __name__ == "__main__":

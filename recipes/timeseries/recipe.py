@@ -403,16 +403,21 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     for k, (m, ci) in scores.items():
         log.info("%-28s %.4f ± %.4f", NAMES[k], m, ci)
     if sine_fit:
-        fk, rl = sine_fit["fake"], sine_fit["real"]
-        log.info("%-28s %.4f, %.1f%% of curves off by > %.2f, in %.1f%% of windows (real windows: %.4f)",
-                 "sine fit (RMS distance)", fk["mean"], 100 * fk["off"], metrics.SINE_OFF,
-                 100 * fk["windows_off"], rl["mean"])
+        log.info("%-28s %s", "sine fit (RMS distance)", sine_fit_text(sine_fit))
     for k, v in (reference or {}).items():
         log.info("%-28s %.4f ± %.4f (real training windows)", NAMES[k], v["mean"], v["ci95"])
     for k, v in (long_result or {}).get("scores", {}).items():
         log.info("%-28s %.4f ± %.4f (windows cut from %dx-long series)", NAMES[k], v["mean"], v["ci95"],
                  a.long_factor)
     return result
+
+
+def sine_fit_text(fit: dict) -> str:
+    """One line for ``evaluate``'s ``sine_fit`` result (the log and the report both print it)."""
+    fk, rl = fit["fake"], fit["real"]
+    return (f"{fk['mean']:.4f}, {100 * fk['off']:.1f}% of curves off by more than {metrics.SINE_OFF}, "
+            f"in {100 * fk['windows_off']:.1f}% of the windows (real windows: {rl['mean']:.4f}, "
+            f"{100 * rl['off']:.1f}% off)")
 
 
 def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], name: str = "report.md") -> Path:
@@ -438,12 +443,8 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
     for k, v in result["scores"].items():
         lines.append(f"| {NAMES[k]} | {cell(v)} |" + (f" {cell(ref[k])} |" if ref else ""))
     if result.get("sine_fit"):
-        fk, rl = result["sine_fit"]["fake"], result["sine_fit"]["real"]
         lines += ["", ("Sine fit (closed form: each generated curve's RMS distance from the nearest "
-                       f"sine of the generator's family): **{fk['mean']:.4f}**, {100 * fk['off']:.1f}% "
-                       f"of curves off by more than {metrics.SINE_OFF}, in {100 * fk['windows_off']:.1f}% "
-                       f"of the windows (real windows: {rl['mean']:.4f}, "
-                       f"{100 * rl['off']:.1f}%).")]
+                       f"sine of the generator's family): {sine_fit_text(result['sine_fit'])}.")]
     if result.get("long"):
         lg = result["long"]
         lines += ["", f"Windows cut from series {lg['factor']}x the training window (each new window "
