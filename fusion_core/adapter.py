@@ -17,6 +17,8 @@ modality belong to the discrete adapter's vocabulary).
 
 from __future__ import annotations
 
+import inspect
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -91,6 +93,30 @@ class Adapter(nn.Module, ABC):
     def decode(self, payload: Tensor) -> Any:
         """Payload → user data."""
 
+    # -- saving ----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this adapter; ``save_pretrained`` stores them.
+
+        The default follows scikit-learn's convention: for every parameter of ``__init__``, the
+        attribute of the same name (the built-in adapters store theirs). A value JSON cannot hold
+        (a tokenizer object, an autoencoder) is recorded by its type name, and loading asks for
+        it again: ``FusionModel.from_pretrained(dir, adapter_kwargs={name: {param: value}})``.
+        Learned or fitted state (weights, scalers) belongs in parameters and buffers, not here.
+
+        Raises:
+            ValueError: a constructor parameter has no attribute of its name (store it, or
+                override this method).
+        """
+        out = {}
+        for pname, param in inspect.signature(type(self).__init__).parameters.items():
+            if pname == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if not hasattr(self, pname):
+                raise ValueError(f"{type(self).__name__}.config(): __init__ takes {pname!r} but the adapter "
+                                 f"has no attribute {pname!r}; store it as self.{pname} or override config()")
+            out[pname] = jsonable(getattr(self, pname))
+        return out
+
     # -- optional ---------------------------------------------------------------------------
     def drop_condition(self, payload: Tensor) -> Tensor:
         """Discrete adapters: the payload of a segment with its conditioning content removed,
@@ -100,3 +126,17 @@ class Adapter(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, attention={self.attention!r}"
+
+
+UNSAVED = "__unsaved__"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` if JSON holds it (tuples become lists), else ``{"__unsaved__": type name}``."""
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return {UNSAVED: type(value).__name__}
+    return value

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -93,8 +93,42 @@ def load_weights(module: nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: missing keys {really_missing[:5]}")
 
 
+def publish_folder(final: Path, write: Callable[[Path], None], meta: dict | None = None) -> Path:
+    """Create the folder ``final`` atomically: ``write(tmp)`` fills a temporary sibling, a
+    ``manifest.json`` of every file's size and SHA-256 is added, everything is fsynced, and the
+    folder is renamed into place (replacing an older ``final`` only after the new one is
+    complete). A crash at any moment leaves the old folder or the new one, never a mix. ``meta``
+    is stored in the manifest beside the file list."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        write(tmp)
+        delay = float(os.environ.get("FUSION_CKPT_WRITE_DELAY", "0"))  # fault injection (tests)
+        if delay:
+            time.sleep(delay)
+        files = sorted(f.name for f in tmp.iterdir() if f.is_file())
+        manifest = {**(meta or {}), "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
-                    state: dict[str, Any], config_yaml: str, keep_last: int = 3) -> Path:
+                    state: dict[str, Any], config_yaml: str, keep_last: int = 3,
+                    extra: dict[str, str] | None = None) -> Path:
     """Write one checkpoint atomically and point ``latest`` at it.
 
     Args:
@@ -102,34 +136,21 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
         weights: file stem → state dict (e.g. ``{"model": ..., "ema": ...}``).
         state: training state for ``state.pt``.
         keep_last: how many complete checkpoints to keep (older ones are deleted).
+        extra: more text files, name → contents (``model.json``: the checkpoint is then also a
+            ``from_pretrained`` folder).
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
-    try:
-        files = []
+
+    def write(tmp: Path) -> None:
         for stem, sd in weights.items():
             save_file(sd, str(tmp / f"{stem}.safetensors"))
-            files.append(f"{stem}.safetensors")
-        torch.save(state, tmp / "state.pt")
-        files.append("state.pt")
+        torch.save({**state, "step": step}, tmp / "state.pt")
         (tmp / "config.yaml").write_text(config_yaml)
-        files.append("config.yaml")
-        delay = float(os.environ.get("FUSION_CKPT_WRITE_DELAY", "0"))  # fault injection (tests)
-        if delay:
-            time.sleep(delay)
-        manifest = {"step": step, "files": {f: {"bytes": (tmp / f).stat().st_size,
-                                                "sha256": _sha256(tmp / f)} for f in files}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+
+    publish_folder(final, write, {"step": step})
     atomic_write_text(root / "latest", final.name + "\n")
     for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -142,6 +143,38 @@ class FusionModel(nn.Module):
     def dim(self) -> int:
         return self.backbone.args.dim
 
+    # -- saving ----------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, ema: Mapping[str, Tensor] | None = None,
+                        metadata: Mapping | None = None) -> Path:
+        """Save a folder that :meth:`from_pretrained` rebuilds this model from, with nothing else
+        (see :mod:`fusion_core.pretrained`). ``ema``: optional EMA weights (a state dict);
+        ``metadata``: free-form JSON-able information kept in ``model.json``."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, ema=ema, metadata=metadata)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device=None, dtype: torch.dtype | None = None,
+                        weights: str = "auto", adapter_kwargs: Mapping | None = None) -> "FusionModel":
+        """Rebuild a model saved by :meth:`save_pretrained` (or a training checkpoint, or a run
+        folder's newest model), in ``eval()`` mode.
+
+        Args:
+            path: the folder.
+            device, dtype: where to put it and in which floating type (default: CPU, as saved).
+            weights: ``"auto"`` (EMA weights when saved), ``"model"`` or ``"ema"``.
+            adapter_kwargs: per adapter, constructor arguments that could not be saved (a
+                tokenizer object); the error message names them.
+
+        Example:
+            >>> model.save_pretrained("my_model")  # doctest: +SKIP
+            >>> same = FusionModel.from_pretrained("my_model")  # doctest: +SKIP
+        """
+        from .pretrained import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype, weights=weights,
+                               adapter_kwargs=adapter_kwargs)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -256,10 +289,12 @@ class FusionModel(nn.Module):
                     continue
                 total = F.cross_entropy(pred.float(), tgt, ignore_index=-100, reduction="sum")
             else:
-                if all(p.shape == pred[0].shape for p in pred):
-                    span = (torch.stack(pred).float() - torch.stack(targets[name]).float()).pow(2).flatten(1).mean(1)
+                diff, tt = self.diffusion[name], steps[name]
+                if all(p.shape == pred[0].shape for p in pred):  # weighted per-span MSE
+                    span = diff.loss(torch.stack(pred), torch.stack(targets[name]), tt)
                 else:
-                    span = torch.stack([(p.float() - y.float()).pow(2).mean() for p, y in zip(pred, targets[name])])
+                    span = torch.cat([diff.loss(p[None], y[None], tt[i : i + 1])
+                                      for i, (p, y) in enumerate(zip(pred, targets[name]))])
                 if self.fourier_weight.get(name):
                     span = span + self.fourier_weight[name] * self._fourier(name, pred, noisy[name], clean[name], steps[name])
                 total, counts[name] = span.sum(), len(span)
@@ -437,12 +472,13 @@ class FusionModel(nn.Module):
         return out.reshape(B * n, self.dim)
 
     @torch.no_grad()
-    def text_step(self, ids: Tensor, cache: KVCache, modality: str = "text",
-                  rows: Tensor | None = None) -> Tensor:
-        """Append one token per row ``(B,)`` to the cache; return next-token logits ``(B, V)``.
-        ``rows`` ``(B,)`` bool marks the rows that really take a token (others get a padding
-        position that nothing attends to)."""
+    def token_step(self, ids: Tensor, cache: KVCache, modality: str, rows: Tensor | None = None) -> Tensor:
+        """Append one token of discrete ``modality`` per row ``(B,)`` to the cache; return that
+        modality's next-token logits ``(B, V)``. ``rows`` ``(B,)`` bool marks the rows that
+        really take a token (others get a padding position that nothing attends to)."""
         a = self.adapter(modality)
+        if a.kind != "discrete":
+            raise ValueError(f"token_step needs a discrete modality; {modality!r} is {a.kind}")
         emb = a.embed(list(ids.view(-1, 1).to(self.device)))
         return a.head(self._run_block(a, emb, ids.numel(), cache, commit=True, rows=rows), emb)
 
@@ -463,12 +499,13 @@ class FusionModel(nn.Module):
 
     @torch.no_grad()
     def sample_span(self, cache: KVCache, modality: str, shape: Sequence[int], sampler: Sampler,
-                    guidance_scale: float | None = None, generator=None, progress: bool = False
-                    ) -> Tensor:
+                    guidance_scale: float | None = None, generator=None, progress: bool = False,
+                    uncond_cache: KVCache | None = None) -> Tensor:
         """Denoise a new span against the cached prefix (the prefix is computed once).
 
-        With ``guidance_scale``, the cache must hold ``2B`` rows — the first ``B`` with the
-        condition, the last ``B`` without — and both are evaluated in one batched pass.
+        With ``guidance_scale``, either ``uncond_cache`` holds the unconditional prefix of each
+        of the ``B`` rows (two passes per step), or ``cache`` holds ``2B`` rows — the first ``B``
+        with the condition, the last ``B`` without — evaluated in one batched pass.
 
         Returns:
             ``(B, *shape)`` clean payloads (not committed; call :meth:`commit_span`).
@@ -477,6 +514,13 @@ class FusionModel(nn.Module):
         if guidance_scale is None:
             denoise = lambda x, t: self.denoise_step(x, t, cache, modality)  # noqa: E731
             B = rows
+        elif uncond_cache is not None:
+            if uncond_cache.batch_size != rows:
+                raise ValueError(f"uncond_cache has {uncond_cache.batch_size} rows, the cache {rows}")
+            B = rows
+            denoise = classifier_free_guidance(
+                lambda x, t: (self.denoise_step(x, t, cache, modality),
+                              self.denoise_step(x, t, uncond_cache, modality)), guidance_scale)
         else:
             if rows % 2:
                 raise ValueError(f"guidance needs a cache of 2B rows (cond then uncond), got {rows}")

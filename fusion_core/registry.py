@@ -12,6 +12,7 @@ A config may also name a class by dotted path (``my_package.audio:AudioAdapter``
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from importlib.metadata import entry_points
 
@@ -53,10 +54,21 @@ def adapter_class(name_or_path: str):
         return import_object(known[name_or_path])
     if "." in name_or_path or ":" in name_or_path:
         return import_object(name_or_path)
+    close = difflib.get_close_matches(name_or_path, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(
-        f"unknown adapter {name_or_path!r}; registered: {sorted(known)} "
+        f"unknown adapter {name_or_path!r}{hint}; registered: {sorted(known)} "
         "(or give a dotted path such as 'my_package.audio:AudioAdapter')"
     )
+
+
+def class_ref(cls: type) -> str:
+    """How a config names ``cls``: its registered short name, else ``module:QualName``."""
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    for name, value in registered_adapters().items():
+        if value == path:
+            return name
+    return path
 
 
 def build_adapter(name_or_path: str, **kwargs):

@@ -61,20 +61,32 @@ class TransformerArgs:
     init_std: float = 0.02
 
     def __post_init__(self):
+        for key in ("dim", "n_layers", "n_heads", "ffn_multiple_of"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ValueError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
         if self.attn_impl not in BACKENDS:
             raise ValueError(f"attn_impl must be one of {BACKENDS}, got {self.attn_impl!r}")
-        if self.ffn_dim is None:
-            hidden = int(8 * self.dim / 3)
-            m = self.ffn_multiple_of
-            self.ffn_dim = m * -(-hidden // m)
+        if self.ffn_dim is not None and self.ffn_dim < 1:
+            raise ValueError(f"ffn_dim must be >= 1 or None (8/3 x dim), got {self.ffn_dim}")
+        if self.cond_dim < 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"need cond_dim >= 0 and dropout in [0, 1), got {self.cond_dim}, {self.dropout}")
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """The SwiGLU width: ``ffn_dim``, or ``8/3 * dim`` rounded up to ``ffn_multiple_of``
+        (resolved here, not stored, so a config that changes ``dim`` gets the matching width)."""
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        m = self.ffn_multiple_of
+        return m * -(-int(8 * self.dim / 3) // m)
 
 
 # Transfusion Table 2 (layers x width x heads) and small sizes that train on a CPU.
@@ -175,7 +187,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(args.dim, args.norm_eps)
         self.attn = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.ffn = FeedForward(args.dim, args.ffn_dim)
+        self.ffn = FeedForward(args.dim, args.hidden_dim)
         self.drop = nn.Dropout(args.dropout)
         # adaLN: no bias, zero init → c = 0 is the identity, and training starts there.
         self.modulation = nn.Linear(args.cond_dim, 6 * args.dim, bias=False) if args.cond_dim else None
@@ -334,8 +346,9 @@ class Transformer(nn.Module):
             raise ValueError(f"block must be 'causal', 'bidirectional' or a span-id tensor, got {block!r}")
         self._check(h, cond, n)
         start = cache.length
-        if start + n > cache.max_len:
-            raise ValueError(f"KV cache full: {start} cached + {n} new > max_len={cache.max_len}")
+        if commit and start + n > cache.max_len:
+            raise ValueError(f"KV cache full: {start} cached + {n} new > max_len={cache.max_len} "
+                             "(KVCache.reserve makes room)")
         if B != cache.batch_size:
             raise ValueError(f"batch of {B} rows, cache built for {cache.batch_size}")
         if positions is None:
@@ -393,6 +406,18 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more committed positions, growing the buffers (at least doubling,
+        so a long generation reallocates only a few times)."""
+        need = self.length + n
+        if need <= self.max_len:
+            return
+        extra = max(need, 2 * self.max_len) - self.max_len
+        pad = (0, 0, 0, extra)  # the position axis of (layers, B, H, L, Dh)
+        self.k = torch.nn.functional.pad(self.k, pad)
+        self.v = torch.nn.functional.pad(self.v, pad)
+        self.valid = torch.nn.functional.pad(self.valid, (0, extra))
 
     def clone(self) -> "KVCache":
         new = object.__new__(KVCache)

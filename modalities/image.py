@@ -131,6 +131,7 @@ class ImageAdapter(Adapter):
         self.name, self.attention = name, attention
         self.channels, self.patch_size, self.design = channels, patch_size, design
         self.value_range, self.autoencoder, self.max_grid = value_range, autoencoder, max_grid
+        self.unet_channels, self.latent_channels = tuple(unet_channels), latent_channels
         C = latent_channels if autoencoder is not None else channels
         self.payload_channels = C
         p = patch_size
@@ -158,15 +159,18 @@ class ImageAdapter(Adapter):
 
     # -- protocol ---------------------------------------------------------------------------
     def encode(self, raw: Tensor | np.ndarray) -> Tensor:
-        """``(C, H, W)`` image in the stated range → payload in [-1, 1] (or its latent).
+        """``(C, H, W)`` image in the stated range → payload in [-1, 1] (or its latent); a batch
+        ``(n, C, H, W)`` → ``(n, ...)``.
 
         Raises:
             ValueError: wrong rank or channel count, sides not divisible by the patch size,
                 non-float or non-finite values, values outside the stated range.
         """
         x = torch.as_tensor(np.asarray(raw)) if not isinstance(raw, Tensor) else raw
+        if x.ndim == 4:
+            return torch.stack([self.encode(im) for im in x]) if len(x) else x.float()
         if x.ndim != 3:
-            raise ValueError(f"image must have shape (C, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"image must have shape (C, H, W) (or a batch (n, C, H, W)), got {tuple(x.shape)}")
         if x.shape[0] != self.channels:
             raise ValueError(f"image has {x.shape[0]} channels, expected {self.channels} (C, H, W)")
         if not x.dtype.is_floating_point:
@@ -202,8 +206,10 @@ class ImageAdapter(Adapter):
         return (payload.shape[1] // self.patch_size) * (payload.shape[2] // self.patch_size)
 
     def decode(self, payload: Tensor) -> Tensor:
-        """Payload → ``(C, H, W)`` image in the stated range (clamped)."""
+        """Payload → ``(C, H, W)`` image in the stated range (clamped); a batch → ``(n, C, H, W)``."""
         x = payload
+        if x.ndim == 4:
+            return torch.stack([self.decode(p) for p in x]) if len(x) else x
         if self.autoencoder is not None:
             x = self.autoencoder.decode(x[None])[0]
         x = x.clamp(-1, 1)

@@ -79,7 +79,8 @@ class TextAdapter(Adapter):
     def __init__(self, dim: int, tokenizer: Any = "bytes", continuous: Sequence[str] = ("image",),
                  tie_weights: bool = False, name: str = "text", init_std: float = 0.02):
         super().__init__(dim)
-        self.name = name
+        self.name, self.continuous = name, tuple(continuous)
+        self.tie_weights, self.init_std = tie_weights, init_std
         specials = _specials(continuous)
         if tokenizer == "bytes":
             self.tokenizer = ByteTokenizer(specials)
@@ -95,6 +96,12 @@ class TextAdapter(Adapter):
         if tie_weights:
             self.lm_head.weight = self.embedding.weight
 
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        if isinstance(self.tokenizer, ByteTokenizer):
+            cfg["tokenizer"] = "bytes"
+        return cfg
+
     # -- specials -------------------------------------------------------------------------
     def special(self, name: str) -> int:
         """Id of a special token, e.g. ``"<bos>"`` or ``"<boi:image>"``."""
@@ -109,18 +116,38 @@ class TextAdapter(Adapter):
     def eoi(self, modality: str) -> int:
         return self.special(f"<eoi:{modality}>")
 
+    # the writer protocol (fusion_core.generation): markers around other modalities' spans
+    def begin_marker(self, modality: str) -> int | None:
+        """Id of the token that opens a span of ``modality`` (``<boi:M>``), or None."""
+        return self.boi(modality) if modality in self.continuous else None
+
+    def end_marker(self, modality: str) -> int | None:
+        """Id of the token that closes a span of ``modality`` (``<eoi:M>``), or None."""
+        return self.eoi(modality) if modality in self.continuous else None
+
+    @property
+    def bos_id(self) -> int:
+        return self.special("<bos>")
+
+    @property
+    def eos_id(self) -> int:
+        return self.special("<eos>")
+
     def is_special(self, ids: Tensor) -> Tensor:
         return ids >= self.tokenizer.base_vocab
 
     # -- protocol ---------------------------------------------------------------------------
-    def encode(self, raw: str | Sequence[int] | Tensor, bos: bool = False, eos: bool = False,
-               append: Sequence[str] = ()) -> Tensor:
+    def encode(self, raw: str | Sequence[int] | Tensor | Sequence[str], bos: bool = False, eos: bool = False,
+               append: Sequence[str] = ()) -> Tensor | list[Tensor]:
         """Text, or ids, → ``(n,)`` long ids. ``bos``/``eos`` add those specials; ``append``
-        names more specials to add at the end (e.g. ``["<boi:image>"]``).
+        names more specials to add at the end (e.g. ``["<boi:image>"]``). A list of strings is a
+        batch: it returns a list of id tensors.
 
         Raises:
             ValueError: non-string non-integer input, ids outside ``[0, vocab_size)``, empty result.
         """
+        if isinstance(raw, (list, tuple)) and raw and all(isinstance(r, str) for r in raw):
+            return [self.encode(r, bos=bos, eos=eos, append=append) for r in raw]
         if isinstance(raw, str):
             ids = torch.tensor(self.tokenizer.encode(raw), dtype=torch.long)
         else:

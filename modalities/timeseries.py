@@ -91,11 +91,12 @@ class TimeSeriesAdapter(Adapter):
 
     # -- protocol ---------------------------------------------------------------------------
     def encode(self, raw: Tensor | np.ndarray, mask: Tensor | np.ndarray | None = None) -> Tensor:
-        """A window ``(T, F)`` in user units → scaled payload ``(T, F)``.
+        """A window ``(T, F)`` in user units → scaled payload ``(T, F)``; a batch ``(n, T, F)``
+        → ``(n, T, F)``.
 
         Args:
-            mask: optional ``(T, F)`` bool, True where a value is observed. Missing values (NaN)
-                are allowed only where ``mask`` is False; they become 0 in the payload.
+            mask: optional bool of the same shape, True where a value is observed. Missing
+                values (NaN) are allowed only where ``mask`` is False; they become 0 in the payload.
 
         Raises:
             ValueError: wrong shape, length not divisible by ``patch``, non-numeric data, NaN
@@ -105,10 +106,11 @@ class TimeSeriesAdapter(Adapter):
             x = torch.as_tensor(np.asarray(raw, dtype=np.float64)).float()
         except (TypeError, ValueError) as e:
             raise ValueError(f"time series must be numeric (T, {self.features}): {e}") from e
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(f"window must have shape (T, {self.features}), got {tuple(x.shape)}")
-        if x.shape[0] % self.patch:
-            raise ValueError(f"window length {x.shape[0]} must be divisible by patch={self.patch}")
+        if x.ndim not in (2, 3) or x.shape[-1] != self.features:
+            raise ValueError(f"window must have shape (T, {self.features}) (or a batch (n, T, {self.features})), "
+                             f"got {tuple(x.shape)}")
+        if x.shape[-2] % self.patch:
+            raise ValueError(f"window length {x.shape[-2]} must be divisible by patch={self.patch}")
         if not bool(self.fitted):
             raise ValueError(f"adapter {self.name!r}: call fit(training_data) before encode")
         missing = ~torch.isfinite(x)

@@ -179,7 +179,7 @@ def test_committed_image_equals_fresh_forward_over_clean_image():
     clean = image.encode(torch.rand(1, 4, 4))
     cache, _ = model.prefill([prefix], max_len=64)
     model.commit_span(clean[None], cache, "image")
-    logits = model.text_step(torch.tensor([text.eoi("image")]), cache)
+    logits = model.token_step(torch.tensor([text.eoi("image")]), cache, "text")
     # fresh: prefill over prefix + clean image + EOI at once
     full = prefix + [Item("image", clean), Item("text", torch.tensor([text.eoi("image")]))]
     cache2, last = model.prefill([full], max_len=64)

@@ -22,7 +22,7 @@ def causal_layout(B, L):
 def test_paper_presets_have_table2_sizes(name, params):
     a = PRESETS[name]
     # parameters of the backbone alone (no embeddings): 4 D^2 attention + 3 D F SwiGLU per layer
-    n = a.n_layers * (4 * a.dim**2 + 3 * a.dim * a.ffn_dim)
+    n = a.n_layers * (4 * a.dim**2 + 3 * a.dim * a.hidden_dim)
     # Table 2 counts include embeddings/modality layers; the backbone is the bulk (within 25%)
     assert 0.6 * params < n < 1.1 * params
 
@@ -30,7 +30,7 @@ def test_paper_presets_have_table2_sizes(name, params):
 def test_param_count_matches_formula():
     m = Transformer(preset("tiny"))
     a = m.args
-    per_layer = 4 * a.dim**2 + 3 * a.dim * a.ffn_dim + 2 * a.dim
+    per_layer = 4 * a.dim**2 + 3 * a.dim * a.hidden_dim + 2 * a.dim
     assert m.num_params() == a.n_layers * per_layer + a.dim
 
 

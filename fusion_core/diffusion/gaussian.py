@@ -39,20 +39,47 @@ class GaussianDiffusion:
         schedule: name of a schedule (see :mod:`.schedules`) or an ``alphas_cumprod`` array.
         T: number of diffusion steps.
         prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        weighting: per-sample loss weight, ``"uniform"`` (the papers') or ``"min_snr"``
+            (Hang et al. 2023, with ``snr_gamma``); see :meth:`loss_weight`.
+        snr_gamma: the SNR clip of ``min_snr``.
     """
 
-    def __init__(self, schedule: str | np.ndarray = "cosine", T: int = 1000, prediction: str = "eps"):
+    def __init__(self, schedule: str | np.ndarray = "cosine", T: int = 1000, prediction: str = "eps",
+                 weighting: str = "uniform", snr_gamma: float = 5.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be > 0, got {snr_gamma}")
         ac = make_schedule(schedule, T) if isinstance(schedule, str) else np.asarray(schedule, np.float64)
         if ac.ndim != 1 or not np.all((ac > 0) & (ac <= 1)) or np.any(np.diff(ac) > 0):
             raise ValueError("alphas_cumprod must be a decreasing 1-D array in (0, 1]")
-        self.prediction = prediction
+        self.schedule = schedule if isinstance(schedule, str) else "custom"
+        self.prediction, self.weighting, self.snr_gamma = prediction, weighting, float(snr_gamma)
         self.alphas_cumprod = torch.from_numpy(ac)  # float64, (T,)
         self.T = len(ac)
         self.sqrt_ac = self.alphas_cumprod.sqrt()
         self.sqrt_1m_ac = (1 - self.alphas_cumprod).sqrt()
         self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def config(self) -> dict:
+        """JSON-able arguments that rebuild this process (a custom schedule as its table)."""
+        schedule = self.schedule if self.schedule != "custom" else self.alphas_cumprod.tolist()
+        return {"schedule": schedule, "T": self.T, "prediction": self.prediction,
+                "weighting": self.weighting, "snr_gamma": self.snr_gamma}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GaussianDiffusion":
+        """Inverse of :meth:`config`."""
+        kw = dict(config)
+        if not isinstance(kw.get("schedule"), str):
+            kw["schedule"] = np.asarray(kw["schedule"], dtype=np.float64)
+        return cls(**kw)
+
+    def __repr__(self) -> str:
+        return (f"GaussianDiffusion(schedule={self.schedule!r}, T={self.T}, prediction={self.prediction!r}, "
+                f"weighting={self.weighting!r})")
 
     # -- forward process -----------------------------------------------------------------
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,9 +158,12 @@ class GaussianDiffusion:
         ac = self.alphas_cumprod[t.long().cpu()]
         return (ac / (1 - ac)).to(t.device)
 
-    def loss_weight(self, t: Tensor, weighting: str = "uniform", gamma: float = 5.0) -> Tensor:
-        """Per-sample weight ``(B,)``. ``min_snr`` (Hang et al. 2023): the eps/x0/v-space
-        equivalent of weighting the x0 error by ``min(SNR, gamma)``."""
+    def loss_weight(self, t: Tensor, weighting: str | None = None, gamma: float | None = None) -> Tensor:
+        """Per-sample weight ``(B,)`` (default: this process's ``weighting``). ``min_snr`` (Hang
+        et al. 2023): the eps/x0/v-space equivalent of weighting the x0 error by
+        ``min(SNR, gamma)``."""
+        weighting = weighting or self.weighting
+        gamma = self.snr_gamma if gamma is None else gamma
         if weighting == "uniform":
             return torch.ones(t.shape, device=t.device)
         if weighting != "min_snr":
@@ -143,10 +173,15 @@ class GaussianDiffusion:
         w = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
         return w.float()
 
+    def loss(self, pred: Tensor, target: Tensor, t: Tensor) -> Tensor:
+        """Per-sample weighted MSE ``(B,)`` of predictions ``(B, ...)`` against their targets, in
+        float32 (what :meth:`training_loss` and ``FusionModel.loss`` both compute)."""
+        err = (pred.float() - target.float()).pow(2).reshape(pred.shape[0], -1).mean(1)
+        return err if self.weighting == "uniform" else err * self.loss_weight(t).to(err.device)
+
     def training_loss(self, denoise: Denoiser, x0: Tensor, t: Tensor | None = None,
-                      noise: Tensor | None = None, max_t=None, weighting: str = "uniform",
-                      generator=None) -> Tensor:
-        """Per-sample MSE ``(B,)`` between the model's prediction and its target.
+                      noise: Tensor | None = None, max_t=None, generator=None) -> Tensor:
+        """Per-sample weighted MSE ``(B,)`` between the model's prediction and its target.
 
         Args:
             denoise: the model, ``denoise(x_t, t) -> prediction``.
@@ -160,5 +195,4 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.q_sample(x0, t, noise)
-        err = (denoise(x_t, t) - self.target(x0, noise, t)).pow(2)
-        return err.reshape(B, -1).mean(1) * self.loss_weight(t, weighting)
+        return self.loss(denoise(x_t, t), self.target(x0, noise, t), t)
