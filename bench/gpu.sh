@@ -24,13 +24,13 @@ for s in $sections; do case $s in
   mm)    (cd bench && timeout 170 python3 multimodal.py --device cuda --only-cuda --rows 4 --profile 2>&1 | quiet \
             | tee "$OUT/multimodal_cuda.log") ;;
   ts)  # scores of runs trained on the CPU and carried here (runs/, gitignored), two jobs side by side
-    ev() { local t=$1 log=$2; shift 2; timeout "$t" fusion evaluate "$@" --no-tsne > "$OUT/$log" 2>&1;
+    ev() { local t=$1 log=$2; shift 2; timeout "$t" fusion evaluate "$@" eval.tsne=false > "$OUT/$log" 2>&1;
            echo "== $* (exit $?)"; grep -E "INFO|Error" "$OUT/$log" | tail -8; }
     export OMP_NUM_THREADS=6
-    { ev 110 ev_sine100_fast.log runs/sine100 --metrics disc lds --repeats 3 --tag fast
-      ev 120 ev_sine100_full.log runs/sine100 --sampler ddpm --steps 0 --metrics disc --repeats 3 --tag full
+    { ev 110 ev_sine100_fast.log runs/sine100 "eval.metrics=[disc,lds]" eval.repeats=3 --tag fast
+      ev 120 ev_sine100_full.log runs/sine100 sample.sampler=ddpm sample.steps=0 "eval.metrics=[disc]" eval.repeats=3 --tag full
     } > "$OUT/ts_a.log" 2>&1 &
-    { [ -d runs/sine384 ] && ev 220 ev_sine384.log runs/sine384 --metrics disc lds --repeats 2; } > "$OUT/ts_b.log" 2>&1 &
+    { [ -d runs/sine384 ] && ev 220 ev_sine384.log runs/sine384 "eval.metrics=[disc,lds]" eval.repeats=2; } > "$OUT/ts_b.log" 2>&1 &
     wait
     cat "$OUT"/ts_a.log "$OUT"/ts_b.log
     tar czf "$OUT/ts_runs.tgz" runs/*/eval*.json runs/*/report*.md runs/*/*.png --ignore-failed-read 2>/dev/null ;;

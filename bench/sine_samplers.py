@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 from common import print_json, print_table, sync
+from fusion_core import generation as gen
+from fusion_core.diffusion import make_sampler
 from fusion_core.recipe import machine_description
-from fusion_core.recipes.timeseries import generate, metrics
-from fusion_core.recipes.timeseries.recipe import load_run
+from fusion_core.recipes.timeseries import metrics
+from fusion_core.recipes.timeseries.sample import load_run
+from fusion_core.recipes.timeseries.train import MODALITY, window_shape
 
 
 def main() -> None:
@@ -30,16 +33,15 @@ def main() -> None:
     if c.data.source != "sine":
         raise SystemExit(f"{a.run_dir} was trained on {c.data.source!r}; "
                          "the sine fit needs a run with data.source=sine")
-    ad, L, F = model.adapters["timeseries"], c.data.length, splits.train.shape[2]
+    L, F = window_shape(c, splits)
     device = next(model.parameters()).device
     rows = []
     for spec in a.samplers:
         name, _, steps = spec.partition(":")
-        sampler = generate.make(model, name, int(steps or 0) or None)
+        sampler = make_sampler(name, model.diffusion[MODALITY], int(steps or 0) or None, clip_x0=c.sample.clip_x0 or None)
         sync(device)
         t0 = time.perf_counter()
-        x = generate.sample_windows(model, a.n, L, F, sampler, c.sample.chunk, a.seed)
-        x = ad.decode(x).numpy()
+        x = gen.sample(model, MODALITY, a.n, (L, F), sampler, seed=a.seed, chunk=c.sample.chunk).numpy()
         sync(device)
         sec = time.perf_counter() - t0
         fit = metrics.sine_fit(x, c.data.sine_phase)

@@ -59,14 +59,19 @@ def _merge(base: DictConfig, other: Any, source: str, keys: Sequence[str]) -> Di
 
 
 def load_config(schema: type[T] | T, presets: Sequence[str | Path] = (),
-                overrides: Sequence[str] = ()) -> DictConfig:
-    """Build a config: ``schema`` defaults, then each YAML in ``presets``, then dotlist overrides.
+                overrides: Sequence[str] = (), base: dict | None = None) -> DictConfig:
+    """Build a config: ``schema`` defaults, then ``base`` (a dict, e.g. a backbone preset's
+    sizes), then each YAML in ``presets``, then dotlist overrides. The result is validated by
+    building the dataclasses (their ``__post_init__`` checks run).
 
     Raises:
-        ConfigError: unknown key (with did-you-mean), wrong type, malformed override, missing file.
+        ConfigError: unknown key (with did-you-mean), wrong type, malformed override, missing
+            file, or a value the dataclasses reject (the message names it).
     """
     cfg = OmegaConf.structured(schema)
     keys = valid_keys(schema)
+    if base:
+        cfg = _merge(cfg, OmegaConf.create(base), "backbone preset", keys)
     for path in presets:
         path = Path(path)
         if not path.is_file():
@@ -81,12 +86,22 @@ def load_config(schema: type[T] | T, presets: Sequence[str | Path] = (),
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=100)")
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}", keys)
     OmegaConf.set_readonly(cfg, False)
+    to_object(cfg)
     return cfg
 
 
 def to_object(cfg: DictConfig) -> Any:
-    """The config as its dataclass instance (validated)."""
-    return OmegaConf.to_object(cfg)
+    """The config as its dataclass instance (validated).
+
+    Raises:
+        ConfigError: a value a dataclass's ``__post_init__`` rejects.
+    """
+    try:
+        return OmegaConf.to_object(cfg)
+    except ValueError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config: {str(e).splitlines()[0]}") from None
 
 
 def to_yaml(cfg: DictConfig) -> str:

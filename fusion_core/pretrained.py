@@ -116,11 +116,13 @@ def build_model(config: Mapping[str, Any], adapter_kwargs: Mapping[str, Mapping]
 
 
 def save_pretrained(model: "FusionModel", directory: str | Path, ema: Mapping[str, torch.Tensor] | None = None,
-                    metadata: Mapping[str, Any] | None = None) -> Path:
+                    metadata: Mapping[str, Any] | None = None,
+                    weights: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` (and optional EMA weights, a state dict of the same keys) as a folder
-    :func:`load_pretrained` reads; published atomically, replacing an older save."""
+    :func:`load_pretrained` reads; published atomically, replacing an older save. ``weights``
+    replaces the model's own state dict (the trainer passes the gathered one under FSDP)."""
     config = json.dumps(model_config(model, metadata), indent=1)
-    weights = state_dict_for_safetensors(model)
+    weights = state_dict_for_safetensors(model) if weights is None else dict(weights)
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(config)

@@ -1,12 +1,20 @@
-"""Recipes: named, runnable compositions (config schema + presets + train/sample/evaluate).
+"""Recipes: named, runnable compositions (config schema + presets + data + evaluation), and the
+one train skeleton they all share.
 
 Recipes are found through the entry-point group ``fusion_core.recipes`` (ours are declared in
 this project's pyproject; third-party packages can add their own), so this package never imports
-a concrete recipe. A recipe module exposes ``recipe = Recipe(...)``.
+a concrete recipe. A recipe module exposes ``recipe = Recipe(...)``. What a recipe writes is its
+config dataclass, ``setup`` (data and model → :class:`TrainJob`) and its sample/evaluate commands;
+:meth:`Recipe.train` does the rest, the same way for every recipe:
+
+    distributed init → run folder → seed → recipe.setup → Trainer.fit → export the model
+    (``run_dir/model``, a ``from_pretrained`` folder) → training time → evaluate
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -14,14 +22,41 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, load_config, save_config, to_yaml
+from .config import ConfigError, load_config, save_config, to_object, to_yaml
+from .distributed import init_distributed, shutdown
+from .model import FusionModel
 from .registry import import_object
+from .trainer import Collate, Trainer, seed_everything
+from .transformer import PRESETS, preset
 
 GROUP = "fusion_core.recipes"
+BACKBONE_SIZES = ("dim", "n_layers", "n_heads", "ffn_dim")  # what a backbone preset sets
+log = logging.getLogger("fusion_core")
+
+
+@dataclass
+class TrainJob:
+    """What a recipe's ``setup`` hands the train skeleton.
+
+    Attributes:
+        model: the model to train (built after seeding: every process builds the same one).
+        dataset: ``dataset[i]`` is one example, as ``collate`` takes it.
+        collate: ``collate(model, examples, seeds) -> Batch``.
+        summary: one line for the log (data sizes).
+        save: called once on the main process with the run folder, to keep what evaluation and
+            sampling need that the model does not hold (held-out data, column names).
+    """
+
+    model: FusionModel
+    dataset: Sequence
+    collate: Collate
+    summary: str = ""
+    save: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -31,9 +66,13 @@ class Recipe:
     Attributes:
         name: what ``fusion run NAME`` takes.
         description: one line for ``fusion ls``.
-        config: the config dataclass (its defaults are the base preset).
+        config: the config dataclass (its defaults are the base preset). It has ``run_dir``,
+            ``data``, ``model`` (a ``TransformerArgs`` subclass), ``train`` and ``sample``
+            (a :class:`~fusion_core.generation.SampleArgs`).
         presets_dir: folder of ``NAME.yaml`` presets.
-        train: ``train(cfg, resume) -> run_dir``.
+        setup: ``setup(config, run_dir, data) -> TrainJob``; ``data`` is what the Python caller
+            passed (an array, a DataFrame, a ``datasets.Dataset``, a list of examples) or None
+            to read ``config.data.source``.
         sample: ``sample(run_dir, argv)``, or None.
         evaluate: ``evaluate(run_dir, argv)``, or None.
     """
@@ -42,7 +81,7 @@ class Recipe:
     description: str
     config: type
     presets_dir: Path
-    train: Callable[[DictConfig, bool], Path]
+    setup: Callable[[Any, Path, Any], TrainJob]
     sample: Callable[[Path, list[str]], Any] | None = None
     evaluate: Callable[[Path, list[str]], Any] | None = None
     extra: dict = field(default_factory=dict)
@@ -50,19 +89,92 @@ class Recipe:
     def presets(self) -> dict[str, Path]:
         return {p.stem: p for p in sorted(Path(self.presets_dir).glob("*.yaml"))}
 
-    def load_config(self, preset: str | None = None, config_file: str | None = None,
-                    overrides: list[str] = ()) -> DictConfig:
+    def load_config(self, preset_name: str | None = None, config_file: str | None = None,
+                    overrides: Sequence[str] = ()) -> DictConfig:
+        """Defaults < backbone preset (``model.preset``) < recipe preset < ``config_file`` <
+        ``key=value`` overrides, validated.
+
+        Raises:
+            ConfigError: unknown preset, key or value (named, with the valid ones).
+        """
         files = []
-        if preset is not None:
+        if preset_name is not None:
             known = self.presets()
-            if preset not in known:
-                raise ConfigError(f"recipe {self.name!r} has no preset {preset!r}; presets: {sorted(known)}")
-            files.append(known[preset])
+            if preset_name not in known:
+                raise ConfigError(f"recipe {self.name!r} has no preset {preset_name!r}; presets: {sorted(known)}")
+            files.append(known[preset_name])
         if config_file is not None:
             files.append(config_file)
         cfg = load_config(self.config, files, overrides)
+        backbone = OmegaConf.select(cfg, "model.preset", default="")
+        if backbone:  # again, with the backbone preset's sizes under everything the user wrote
+            if backbone not in PRESETS:
+                raise ConfigError(f"unknown backbone preset model.preset={backbone!r}; known: {sorted(PRESETS)}")
+            sizes = dataclasses.asdict(preset(backbone))
+            cfg = load_config(self.config, files, overrides, base={"model": {k: sizes[k] for k in BACKBONE_SIZES}})
         cfg.recipe = self.name
         return cfg
+
+    def run_config(self, run_dir: str | Path, overrides: Sequence[str] = ()) -> Any:
+        """A run's config (``run_dir/config.yaml``) with ``key=value`` overrides for this command
+        (``fusion sample/evaluate RUN sample.steps=25``; not written back), as dataclasses."""
+        path = Path(run_dir) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+        return to_object(load_config(self.config, [path], overrides))
+
+    def train(self, cfg: DictConfig, resume: bool = False, data: Any = None) -> Path:
+        """The train skeleton every recipe shares (see the module docstring)."""
+        source = OmegaConf.select(cfg, "data.source", default=None)
+        if data is not None:
+            cfg.data.source = f"python:{type(data).__name__}"
+        elif isinstance(source, str) and source.startswith("python:"):
+            raise ValueError(f"this run's data came from Python ({source}): pass it again, "
+                             f"recipe.train(cfg, resume=True, data=...)")
+        info = init_distributed(cfg.train.device)
+        run_dir = prepare_run_dir(cfg) if info.is_main else Path(cfg.run_dir)
+        c = to_object(cfg)
+        seed_everything(c.train.seed, 0, c.train.deterministic)  # the same model on every process
+        job = self.setup(c, run_dir, data)
+        if info.is_main:
+            n_params = sum(p.numel() for p in job.model.parameters()) / 1e6
+            log.info("%s; model %.2fM parameters", job.summary or f"{len(job.dataset)} examples", n_params)
+            if job.save is not None:
+                job.save(run_dir)
+        trainer = Trainer(job.model, job.dataset, job.collate, c.train, run_dir, to_yaml(cfg), info)
+        trainer.fit(resume=resume)
+        trainer.export(run_dir / "model", {"recipe": self.name})
+        shutdown(info)
+        if info.is_main:
+            write_train_time(run_dir, trainer.train_seconds)
+            if self.evaluate is not None and getattr(getattr(c, "eval", None), "after_train", False):
+                self.evaluate(run_dir, [])
+        return run_dir
+
+    def run(self, preset: str | None = None, overrides: Sequence[str] = (), data: Any = None,
+            config_file: str | None = None) -> Path:
+        """Train from Python: ``recipe.run("quick", ["train.steps=100"], data=my_array)``.
+        ``data`` replaces ``data.source`` (what a recipe accepts: its ``setup`` says)."""
+        return self.train(self.load_config(preset, config_file, overrides), data=data)
+
+
+def load_model(run_dir: str | Path, c: Any) -> FusionModel:
+    """A run's newest model (its ``model/`` export or newest good checkpoint), EMA weights when
+    ``c.sample.use_ema`` and present, on the GPU when there is one."""
+    use_ema = getattr(getattr(c, "sample", None), "use_ema", True)
+    return FusionModel.from_pretrained(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
+                                       weights="auto" if use_ema else "model")
+
+
+def parse_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``fusion sample/evaluate`` arguments: the command's own flags, then ``key=value`` config
+    overrides (anything else is an error that lists the flags)."""
+    args, rest = parser.parse_known_args(list(argv))
+    bad = [x for x in rest if x.startswith("-") or "=" not in x]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (config values are key=value, "
+                     "e.g. sample.steps=25)")
+    return args, rest
 
 
 def registered_recipes() -> dict[str, str]:
@@ -93,8 +205,6 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
 def machine_description() -> str:
     """One line naming the hardware and torch build, for reports."""
     import platform
-
-    import torch
 
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     return f"{dev}, {platform.machine()}, torch {torch.__version__}"
@@ -131,5 +241,6 @@ def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
         logger.addHandler(fh)
 
 
-__all__ = ["Recipe", "get_recipe", "machine_description", "prepare_run_dir", "read_train_time",
-           "registered_recipes", "setup_logging", "to_yaml", "write_train_time"]
+__all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "machine_description", "parse_command",
+           "prepare_run_dir", "read_train_time", "registered_recipes", "setup_logging", "to_yaml",
+           "write_train_time"]

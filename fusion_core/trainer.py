@@ -17,6 +17,7 @@ warmup, cosine to 1.5e-5, weight decay 0.1, clip 1.0.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -37,8 +38,14 @@ from .checkpoint import (find_resumable, load_state, load_weights, save_checkpoi
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, wrap_model
 from .metrics import MetricsLog
 from .model import Batch, FusionModel
+from .pretrained import model_config, save_pretrained
 
 log = logging.getLogger("fusion_core")
+
+
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -52,6 +59,16 @@ class OptimArgs:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 = off
+
+    def __post_init__(self):
+        if not self.lr > 0 or self.min_lr < 0 or self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("optim: need lr > 0 and min_lr, warmup, weight_decay, grad_clip >= 0; got "
+                             f"lr={self.lr}, min_lr={self.min_lr}, warmup={self.warmup}, "
+                             f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
+            raise ValueError(f"optim: need betas in [0, 1) and eps > 0, got {self.beta1}, {self.beta2}, {self.eps}")
 
 
 @dataclass
@@ -71,6 +88,17 @@ class TrainArgs:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     strategy: str = "ddp"  # ddp | fsdp (multi-process only)
     device: str = "auto"
+
+    def __post_init__(self):
+        for key in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.keep_last < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"need train.keep_last >= 0 and train.ema_decay in [0, 1), got "
+                             f"{self.keep_last}, {self.ema_decay}")
+        for key, options in (("precision", PRECISIONS), ("strategy", STRATEGIES)):
+            if getattr(self, key) not in options:
+                raise ValueError(f"train.{key} must be one of {options}, got {getattr(self, key)!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -253,16 +281,20 @@ class Trainer:
     def _sharded(self) -> bool:
         return self.info.enabled and self.args.strategy == "fsdp"
 
-    def _full_states(self) -> tuple[dict, dict]:
+    def _full_states(self, optimizer: bool = True) -> tuple[dict, dict | None]:
         """Full (unsharded, CPU) model and optimizer state dicts; collective under FSDP."""
         if not self._sharded:
-            return state_dict_for_safetensors(self.model), self.opt.state_dict()
+            return state_dict_for_safetensors(self.model), self.opt.state_dict() if optimizer else None
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd = {k: v.contiguous() for k, v in get_model_state_dict(self.model, options=opts).items()}
-        return model_sd, get_optimizer_state_dict(self.model, self.opt, options=opts)
+        return model_sd, get_optimizer_state_dict(self.model, self.opt, options=opts) if optimizer else None
+
+    def _model_json(self) -> str:
+        """The checkpoint's ``model.json``: a checkpoint folder is also a ``from_pretrained`` folder."""
+        return json.dumps(model_config(self.model, {"step": self.step}), indent=1)
 
     def save(self) -> Path | None:
         rngs = all_gather_object(_rng_state(), self.info)
@@ -276,7 +308,20 @@ class Trainer:
             weights["ema"] = ema_sd
         state = {"step": self.step, "train_seconds": self.train_seconds, "optimizer": opt_sd,
                  "scheduler": self.sched.state_dict(), "rng": rngs, "world_size": self.info.world_size}
-        path = save_checkpoint(self.ckpt_dir, self.step, weights, state, self.config_yaml, self.args.keep_last)
+        path = save_checkpoint(self.ckpt_dir, self.step, weights, state, self.config_yaml, self.args.keep_last,
+                               extra={"model.json": self._model_json()})
+        barrier(self.info)
+        return path
+
+    def export(self, directory: str | Path, metadata: dict | None = None) -> Path | None:
+        """Write the trained model (and its EMA weights) as a ``save_pretrained`` folder; collective
+        under FSDP, rank 0 writes. Returns the folder on rank 0."""
+        model_sd, _ = self._full_states(optimizer=False)
+        ema_sd = self.ema.state_dict() if self.ema is not None else None
+        path = None
+        if self.info.is_main:
+            path = save_pretrained(self.model, directory, ema=ema_sd, weights=model_sd,
+                                   metadata={"step": self.step, **(metadata or {})})
         barrier(self.info)
         return path
 

@@ -20,7 +20,7 @@ Shapes: B batch, L positions, H heads, Dh head dim, D model width, C conditionin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,13 @@ PRESETS: dict[str, TransformerArgs] = {
     "transfusion-1.4b": TransformerArgs(dim=2048, n_layers=24, n_heads=16),
     "transfusion-7b": TransformerArgs(dim=4096, n_layers=32, n_heads=32),
 }
+
+
+def backbone_args(cfg, **overrides) -> TransformerArgs:
+    """The :class:`TransformerArgs` fields of ``cfg`` (a recipe's ``model`` config subclasses
+    TransformerArgs and adds its adapters' settings), with ``overrides``."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(TransformerArgs)}
+    return TransformerArgs(**{**values, **overrides})
 
 
 def preset(name: str, **overrides) -> TransformerArgs:

@@ -10,36 +10,29 @@ cached caption — and is what the engine's tests run.
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
-from fusion_core.checkpoint import load_trained
-from fusion_core.config import load_config, to_object, to_yaml
-from fusion_core.diffusion import make_sampler
-from fusion_core.distributed import init_distributed, shutdown
+from fusion_core.generation import SampleArgs, generate_span, interleave
 from fusion_core.model import FusionModel, Item
-from fusion_core.recipe import Recipe, prepare_run_dir
-from fusion_core.trainer import OptimArgs, Trainer, TrainArgs, seed_everything
-from fusion_core.transformer import TransformerArgs
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.text import TextAdapter
+from fusion_core.recipe import Recipe, TrainJob, load_model, parse_command
+from fusion_core.trainer import OptimArgs, TrainArgs
+from fusion_core.transformer import TransformerArgs, backbone_args
 
-log = logging.getLogger("fusion_core")
 CAPTIONS = ("horizontal", "vertical")
 
 
 @dataclass
-class ToyModelArgs:
+class ToyModelArgs(TransformerArgs):
     dim: int = 64
     n_layers: int = 3
     n_heads: int = 4
     patch_size: int = 2
-    dropout: float = 0.0
 
 
 @dataclass
@@ -58,6 +51,7 @@ class ToyConfig:
     train: TrainArgs = field(default_factory=lambda: TrainArgs(
         steps=300, batch_size=16, ckpt_every=100, log_every=10,
         optim=OptimArgs(lr=2e-3, min_lr=1e-4, warmup=20, weight_decay=0.0)))
+    sample: SampleArgs = field(default_factory=lambda: SampleArgs(steps=25))
 
 
 def bars(kind: str, rng: random.Random, size: int) -> torch.Tensor:
@@ -71,70 +65,42 @@ def bars(kind: str, rng: random.Random, size: int) -> torch.Tensor:
     return img
 
 
-def build_model(cfg) -> FusionModel:
-    m = cfg.model
-    text = TextAdapter(m.dim)
-    image = ImageAdapter(m.dim, channels=1, patch_size=m.patch_size)
-    return FusionModel(TransformerArgs(dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
-                                       dropout=m.dropout), [text, image])
+def build_model(c: ToyConfig) -> FusionModel:
+    image = ImageAdapter(c.model.dim, channels=1, patch_size=c.model.patch_size)
+    return FusionModel(backbone_args(c.model), [TextAdapter(c.model.dim), image])
 
 
-def build_dataset(cfg, model: FusionModel) -> list[list[Item]]:
-    text, image = model.adapters["text"], model.adapters["image"]
-    rng = random.Random(cfg.train.seed)
-    out = []
-    for _ in range(cfg.data.examples):
-        cap = rng.choice(CAPTIONS)
-        out.append([Item("text", text.encode(cap, bos=True, append=["<boi:image>"])),
-                    Item("image", image.encode(bars(cap, rng, cfg.data.image_size))),
-                    Item("text", torch.tensor([text.eoi("image"), text.special("<eos>")]))])
-    return out
-
-
-def train(cfg: DictConfig, resume: bool = False) -> Path:
-    info = init_distributed(cfg.train.device)
-    run_dir = prepare_run_dir(cfg) if info.is_main else Path(cfg.run_dir)
-    c = to_object(cfg)
-    seed_everything(c.train.seed, 0, c.train.deterministic)  # same initial weights on every rank
+def setup(c: ToyConfig, run_dir: Path, data=None) -> TrainJob:
+    if data is not None:
+        raise ValueError("the toy recipe generates its own data")
     model = build_model(c)
-    data = build_dataset(c, model)
+    rng = random.Random(c.train.seed)
+    examples: list[list[Item]] = []
+    for _ in range(c.data.examples):
+        cap = rng.choice(CAPTIONS)
+        examples.append(interleave(model, [cap, ("image", bars(cap, rng, c.data.image_size))]))
     max_len = c.data.max_len
 
-    def collate(model, examples, seeds):
-        return model.collate(examples, max_len=max_len, pack=True, seeds=seeds)
+    def collate(model, batch, seeds):
+        return model.collate(batch, max_len=max_len, pack=True, seeds=seeds)
 
-    trainer = Trainer(model, data, collate, c.train, run_dir, to_yaml(cfg), info)
-    records = trainer.fit(resume=resume)
-    if info.is_main and records:
-        log.info("step %d: loss %.4f", records[-1]["step"], records[-1]["loss"])
-    shutdown(info)
-    return run_dir
-
-
-def load_run(run_dir: Path) -> tuple[ToyConfig, FusionModel]:
-    cfg = to_object(load_config(ToyConfig, [run_dir / "config.yaml"]))
-    model = build_model(cfg)
-    load_trained(model, run_dir)
-    return cfg, model.eval()
+    return TrainJob(model, examples, collate, f"{len(examples)} captioned bars")
 
 
 def sample(run_dir: Path, argv: list[str]) -> Path:
-    p = argparse.ArgumentParser(prog="fusion sample RUN_DIR", description="draw one image per caption")
-    p.add_argument("--steps", type=int, default=25, help="DPM-Solver steps")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    cfg, model = load_run(run_dir)
-    text, image = model.adapters["text"], model.adapters["image"]
-    prompts = [[Item("text", text.encode(c, bos=True, append=["<boi:image>"]))] for c in CAPTIONS]
-    cache, _ = model.prefill(prompts, max_len=64)
-    s = cfg.data.image_size
-    sampler = make_sampler("dpm_solver", model.diffusion["image"], a.steps, clip_x0=1.0)
-    imgs = model.sample_span(cache, "image", (1, s, s), sampler, generator=torch.Generator().manual_seed(a.seed))
+    p = argparse.ArgumentParser(prog="fusion sample RUN_DIR", description="draw one image per caption "
+                                "(config values as key=value, e.g. sample.steps=10)")
+    _, overrides = parse_command(p, argv)
+    c = recipe.run_config(run_dir, overrides)
+    model = load_model(run_dir, c)
+    s = c.data.image_size
+    imgs = generate_span(model, list(CAPTIONS), "image", (1, s, s), c.sample.make(model.diffusion["image"]),
+                         seed=c.sample.seed)
     lines = []
-    for cap, x in zip(CAPTIONS, imgs):
+    for cap, img in zip(CAPTIONS, imgs):
         lines.append(f'"{cap}":')
-        lines += ["".join("#" if v > 0.5 else "." for v in row.tolist()) for row in image.decode(x)[0]]
-    out = run_dir / "samples.txt"
+        lines += ["".join("#" if v > 0.5 else "." for v in row.tolist()) for row in img[0]]
+    out = Path(run_dir) / "samples.txt"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
@@ -145,6 +111,6 @@ recipe = Recipe(
     description="tiny text + image model on generated captioned bars (a CPU minute; engine smoke test)",
     config=ToyConfig,
     presets_dir=Path(__file__).parent / "presets" / "toy",
-    train=train,
+    setup=setup,
     sample=sample,
 )

@@ -43,7 +43,7 @@ def test_run_sample_and_plot_end_to_end(tmp_path, capsys):
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "checkpoints" / "latest").is_file()
     assert main(["resume", str(tmp_path), "train.steps=10"]) == 0  # the run's config records it
     assert "steps: 10" in (tmp_path / "config.yaml").read_text()
-    assert main(["sample", str(tmp_path), "--steps", "3"]) == 0
+    assert main(["sample", str(tmp_path), "sample.steps=3"]) == 0
     assert '"vertical":' in (tmp_path / "samples.txt").read_text()
     assert main(["plot-metrics", str(tmp_path)]) == 0
     assert (tmp_path / "loss.png").stat().st_size > 1000

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fusion_core import generation as gen
 from fusion_core.cli import main
 from fusion_core.config import to_object
 from fusion_core.diffusion import make_sampler
@@ -14,8 +15,7 @@ from fusion_core.masks import dense_mask
 from fusion_core.model import Item
 from fusion_core.recipe import get_recipe
 from fusion_core.recipes.multimodal_lm import data as D
-from fusion_core.recipes.multimodal_lm.generate import caption_images, generate, text_to_image
-from fusion_core.recipes.multimodal_lm.recipe import build_dataset, build_model, encode_pair
+from fusion_core.recipes.multimodal_lm.train import build_model, builtin_examples, encode_example, encode_pair
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_pair_layouts_and_noise_limiting(setup):
 
 def test_packing_keeps_documents_apart(setup):
     c, model = setup
-    data = build_dataset(c, model)[:12]
+    data = builtin_examples(c, model)[:12]
     batch = model.collate(data, max_len=c.data.max_len, pack=True)
     lay = batch.layout
     assert lay.batch_size < len(data)  # several examples per row
@@ -72,17 +72,31 @@ def test_packing_keeps_documents_apart(setup):
 
 def test_generation_switches_modes_and_forced_images_have_the_right_size(setup):
     c, model = setup
-    text = model.adapters["text"]
     sampler = make_sampler("ddim", model.diffusion["image"], 3, clip_x0=1.0)
-    prompts = [[Item("text", text.encode("a two", bos=True))], [Item("text", text.encode("the digit", bos=True))]]
-    gens = generate(model, prompts, sampler, (1, 8, 8), max_new_tokens=6, force_image=True)
+    gens = gen.generate(model, ["a two", "the digit"], sampler, {"image": (1, 8, 8)}, max_new_tokens=6,
+                        force="image")
     for g in gens:
-        imgs = [s for s in g.segments if isinstance(s, torch.Tensor)]
+        imgs = g.spans("image")
         assert len(imgs) == 1 and imgs[0].shape == (1, 8, 8) and 0 <= imgs[0].min() and imgs[0].max() <= 1
-    out = text_to_image(model, ["a two", "a three", "four"], sampler, (1, 8, 8), guidance=3.0)
+    out = gen.generate_span(model, ["a two", "a three", "four"], "image", (1, 8, 8), sampler, guidance=3.0)
     assert out.shape == (3, 1, 8, 8)
-    caps = caption_images(model, torch.rand(2, 1, 8, 8), max_new_tokens=5)
+    caps = gen.caption(model, "image", torch.rand(2, 1, 8, 8), max_new_tokens=5)
     assert len(caps) == 2 and all(isinstance(x, str) for x in caps)
+
+
+def test_user_examples_keep_the_old_layouts(setup):
+    """Caption first, image first (noise-limited), prose: the token layout of Transfusion sec. 3."""
+    c, model = setup
+    text = model.adapters["text"]
+    img = torch.rand(1, 8, 8)
+    first = encode_example(model, ["the digit 3", img], c.data)
+    assert [it.modality for it in first] == ["text", "image", "text"] and first[1].max_t is None
+    assert first[0].payload.tolist() == text.encode("the digit 3", bos=True, append=["<boi:image>"]).tolist()
+    assert first[2].payload.tolist() == [text.eoi("image"), text.special("<eos>")]
+    cap = encode_example(model, [img, "the digit 3"], c.data)
+    assert cap[1].max_t == c.data.noise_limit and text.decode(cap[2].payload) == "the digit 3"
+    assert [it.payload.tolist() for it in cap] == [it.payload.tolist() for it in
+                                                   encode_pair(model, "the digit 3", img, True, 500)]
 
 
 def test_bad_input_fails_clearly(setup, tmp_path):
@@ -135,16 +149,16 @@ def test_cli_on_your_own_rgb_pairs_holds_examples_out(tmp_path, capsys):
 def test_cli_trains_samples_text_image_and_caption(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["run", "multimodal_lm", "--preset", "tiny", f"run_dir={run}", "eval.after_train=false"]) == 0
-    assert main(["sample", str(run), "--prompt", "a handwritten seven", "--max-new-tokens", "5"]) == 0
+    assert main(["sample", str(run), "--prompt", "a handwritten seven", "sample.max_new_tokens=5"]) == 0
     assert main(["sample", str(run), "--prompt", "the digit 3", "--image-first"]) == 0
     assert (run / "samples" / "image_000.png").is_file()
     Image.fromarray((np.random.default_rng(0).uniform(size=(8, 8)) * 255).astype(np.uint8)).save(tmp_path / "d.png")
-    assert main(["sample", str(run), "--image", str(tmp_path / "d.png"), "--max-new-tokens", "5"]) == 0
+    assert main(["sample", str(run), "--image", str(tmp_path / "d.png"), "sample.max_new_tokens=5"]) == 0
     out = capsys.readouterr().out
     assert "d.png:" in out and "[image:" in out
     with pytest.raises(ValueError, match="exceeds the maximum"):
         main(["sample", str(run), "--prompt", "x" * 2000])
-    assert main(["evaluate", str(run), "--per-digit", "1", "--captions", "3", "--steps", "2"]) == 0
+    assert main(["evaluate", str(run), "eval.per_digit=1", "eval.captions=3", "eval.sample.steps=2"]) == 0
     assert (run / "report.md").is_file() and (run / "t2i_grid.png").is_file()
 
 
@@ -155,8 +169,8 @@ def test_rows_without_an_image_keep_their_next_token(setup):
     sampler = make_sampler("ddim", model.diffusion["image"], 2, clip_x0=1.0)
     plain = [Item("text", text.encode("plain prose", bos=True))]
     with_boi = [Item("text", text.encode("a two", bos=True, append=["<boi:image>"]))]
-    alone = generate(model, [plain], sampler, (1, 8, 8), max_new_tokens=6, max_images=1)
+    alone = gen.generate(model, [plain], sampler, {"image": (1, 8, 8)}, max_new_tokens=6)
     # row 0's prompt ends with <boi>: it draws an image first while row 1 writes text
-    both = generate(model, [with_boi, plain], sampler, (1, 8, 8), max_new_tokens=6, max_images=1)
-    assert isinstance(both[0].segments[0], torch.Tensor)
+    both = gen.generate(model, [with_boi, plain], sampler, {"image": (1, 8, 8)}, max_new_tokens=6)
+    assert both[0].segments[0][0] == "image"
     assert both[1].segments == alone[0].segments

@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from fusion_core.cli import main
-from fusion_core.recipes.timeseries import generate, metrics
-from fusion_core.recipes.timeseries.data import (chronological_split, from_dataframe, from_increments,
-                                                 handle_missing, load_series, prepare, sine, to_increments,
-                                                 windows)
+from fusion_core import generation as gen
+from fusion_core.diffusion import make_sampler
+from fusion_core.diffusion.repaint import repaint
+from fusion_core.recipes.timeseries import metrics
+from fusion_core.recipes.timeseries.data import (from_dataframe, from_increments, handle_missing, load_series,
+                                                 sine, to_increments)
+from fusion_core.recipes.timeseries.splits import chronological_split, prepare, windows
 
 
 def test_sine_generator_follows_timegan_recipe():
@@ -122,19 +125,21 @@ def test_imputation_and_forecast_keep_observed_values_exactly():
     model = _tiny_model()
     x = torch.rand(3, 16, 2) * 2 - 1
     mask = torch.rand(3, 16, 2) > 0.5
+    diff = model.diffusion["timeseries"]
     for name, steps, resample in (("ddpm", None, 2), ("ddim", 5, 3), ("dpm_solver", 10, 1)):
-        out = generate.impute(model, x, mask, generate.make(model, name, steps), resample=resample)
+        out = gen.impute(model, "timeseries", x, make_sampler(name, diff, steps), mask, resample=resample)
         assert torch.equal(out[mask], x[mask]) and torch.isfinite(out).all()
         assert not torch.equal(out[~mask], x[~mask])
     with pytest.raises(ValueError, match="one-step sampler"):  # a multistep solver cannot redo a step
-        generate.impute(model, x, mask, generate.make(model, "dpm_solver", 10), resample=2)
-    fc = generate.forecast(model, x[:, :10], 16, generate.make(model, "ddim", 5))
+        gen.impute(model, "timeseries", x, make_sampler("dpm_solver", diff, 10), mask, resample=2)
+    fc = gen.forecast(model, "timeseries", x[:, :10], 16, make_sampler("ddim", diff, 5))
     assert fc.shape == (3, 16, 2) and torch.equal(fc[:, :10], x[:, :10])
 
 
 def test_longer_than_window_generation_chains_overlapping_windows():
     model = _tiny_model()
-    out = generate.generate_long(model, 2, 40, 16, 2, generate.make(model, "ddim", 4), overlap=8)
+    out = gen.sample_long(model, "timeseries", 2, 40, (16, 2), make_sampler("ddim", model.diffusion["timeseries"], 4),
+                          overlap=8)
     assert out.shape == (2, 40, 2) and torch.isfinite(out).all()
 
 
@@ -251,7 +256,7 @@ def test_cli_runs_tiny_end_to_end(tmp_path):
     assert fit["real"]["mean"] < 0.002 and fit["real"]["off"] == fit["real"]["windows_off"] == 0.0
     assert fit["fake"]["mean"] > fit["real"]["mean"]
     before = {f: (run / f).read_bytes() for f in ("eval.json", "eval_samples.npy", "overlay.png")}
-    assert main(["evaluate", str(run), "--n", "40", "--metrics", "corr", "--no-tsne", "--tag", "t"]) == 0
+    assert main(["evaluate", str(run), "eval.n=40", "eval.metrics=[corr]", "eval.tsne=false", "--tag", "t"]) == 0
     for f in ("eval-t.json", "report-t.md", "eval_samples-t.npy", "overlay-t.png", "pca-t.png"):
         assert (run / f).exists(), f  # a tagged evaluation leaves the untagged one's files alone
     assert all((run / f).read_bytes() == b for f, b in before.items())
@@ -299,8 +304,6 @@ def test_resampling_draws_forecasts_from_the_exact_conditional_of_gaussian_data(
     """AR(1) windows have a closed-form denoiser and a closed-form forecast distribution: with
     replacement alone the first forecast step scatters about twice as widely around the true
     conditional mean as it should; RePaint resampling brings the spread to the exact one."""
-    import types
-
     from fusion_core.diffusion import GaussianDiffusion
 
     L, H, n = 16, 8, 4000
@@ -313,16 +316,17 @@ def test_resampling_draws_forecasts_from_the_exact_conditional_of_gaussian_data(
         W = ab.sqrt() * S @ torch.linalg.inv(ab * S + (1 - ab) * torch.eye(L, dtype=torch.float64))
         return (x[..., 0].double() @ W.T)[..., None].float()
 
-    model = types.SimpleNamespace(eval=lambda: None, diffusion={"timeseries": diff}, device=torch.device("cpu"),
-                                  span_denoiser=lambda name: denoise)
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(n, L, dtype=torch.float64, generator=g) @ torch.linalg.cholesky(S).T).float()[..., None]
     K = S[H:, :H] @ torch.linalg.inv(S[:H, :H])
     mean = x[:, :H, 0].double() @ K.T  # exact conditional mean and variance of the future
     var = torch.diag(S[H:, H:] - K @ S[:H, H:])
+    mask = torch.zeros(n, L, 1, dtype=torch.bool)
+    mask[:, :H] = True
     spread = {}
     for r in (1, 10):  # the recipe's default: DDIM, 25 steps, 10 rounds
-        out = generate.forecast(model, x[:, :H], L, generate.make(model, "ddim", 25, clip=None), resample=r)
+        out = repaint(denoise, make_sampler("ddim", diff, 25), torch.where(mask, x, 0.0), mask, r,
+                      torch.Generator().manual_seed(0))
         assert torch.equal(out[:, :H], x[:, :H])
         spread[r] = ((out[:, H:, 0].double() - mean) ** 2).mean(0) / var
     assert spread[1][0] > 1.4  # replacement alone: loosely tied to the history

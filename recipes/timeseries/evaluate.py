@@ -1,0 +1,150 @@
+"""``fusion evaluate RUN_DIR``: generated windows against held-out real ones — discriminative and
+predictive scores (TimeGAN's GRU) and their long-sequence transformer variants (LDS, LPS),
+Context-FID, correlations, marginals, the closed-form sine fit for sine data — plus PCA/t-SNE
+plots, series overlays and ``report.md``.
+
+    fusion evaluate RUN                                   # eval.* and sample.* from the run
+    fusion evaluate RUN eval.metrics=[disc,lds] eval.repeats=1 sample.sampler=ddpm sample.steps=250
+    fusion evaluate RUN eval.long_factor=4 --tag long     # files eval-long.json, report-long.md, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusion_core import generation as gen
+from fusion_core.recipe import machine_description, parse_command, setup_logging
+from fusion_core.stats import mean_ci95
+
+from . import metrics, plots
+from .config import TSConfig, TSEvalArgs
+from .data import sine
+from .report import NAMES, sine_fit_text, write_report
+from .sample import load_run
+from .splits import Splits
+from .train import MODALITY, window_shape
+
+log = logging.getLogger("fusion_core")
+
+
+def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
+          value_range: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, tuple[float, float]]:
+    """Every requested metric as (mean, 95% half-width) over ``e.repeats`` runs. Both inputs are
+    in user units and are min-max scaled with ``value_range`` (per-feature lo, hi; TimeGAN's
+    convention: the dataset's range, identity for the [0, 1] sine data) before scoring."""
+    lo, hi = value_range if value_range is not None else (real.min(axis=(0, 1)), real.max(axis=(0, 1)))
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    r, f = (real - lo) / span, (fake - lo) / span
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    fns = {
+        "disc": lambda s: metrics.discriminative_score(r, f, "gru", e.disc_iters, e.batch, s, dev),
+        "pred": lambda s: metrics.predictive_score(r, f, "gru", e.pred_iters, e.batch, s, dev),
+        "lds": lambda s: metrics.discriminative_score(r, f, "transformer", e.disc_iters, e.batch, s, dev),
+        "lps": lambda s: metrics.predictive_score(r, f, "transformer", e.pred_iters, e.batch, s, dev),
+        "fid": lambda s: metrics.context_fid(r, f, e.fid_iters, e.batch, seed=s, device=dev),
+    }
+    out = {}
+    for name in e.metrics:
+        if name == "corr":
+            out[name] = (metrics.correlational_score(r, f), 0.0)
+        elif name == "jsd":
+            out[name] = (metrics.marginal_jsd(r, f), 0.0)
+        else:
+            out[name] = mean_ci95([fns[name](seed + k) for k in range(e.repeats)])
+    return out
+
+
+def held_out(c: TSConfig, splits: Splits, n: int, seed: int = 0, long_factor: int = 1):
+    """Real windows to score against, never trained on, and the value range metrics use.
+
+    Sine data is a generator: a fresh draw of ``n`` windows (a new seed), in its own [0, 1]
+    range; with ``long_factor`` > 1, windows cut from series that many windows long (TimeGAN's
+    sine is not stationary: a window cut from the middle of a sine is not a window from the
+    start). Loaded data: the test split (validation if the test split is empty), scaled by the
+    training data's range (its windows already start anywhere in the series).
+    """
+    if c.data.source == "sine":
+        L, F, k = c.data.length, c.data.sine_features, long_factor
+        real = sine(-(-n // k), k * L, F, seed=c.train.seed + 1_000_003 + seed,
+                    phase=c.data.sine_phase).reshape(-1, L, F)[:n]
+        return real, (np.zeros(F), np.ones(F))
+    real = splits.test if len(splits.test) >= 8 else splits.validation
+    if len(real) < 8:
+        raise ValueError("fewer than 8 held-out windows to compare against: enlarge the test split")
+    real = real[np.random.default_rng(seed).permutation(len(real))[:n]]
+    return real, (np.nanmin(splits.fit_data, 0), np.nanmax(splits.fit_data, 0))
+
+
+def _as_dict(scores: dict) -> dict:
+    return {k: {"mean": m, "ci95": ci} for k, (m, ci) in scores.items()}
+
+
+def evaluate(run_dir: Path, argv: list[str]) -> dict:
+    p = argparse.ArgumentParser(prog="fusion evaluate RUN_DIR", description="score generated vs held-out "
+                                "series (config values as key=value, e.g. eval.metrics=[disc,lds] eval.repeats=1)")
+    p.add_argument("--tag", default="", help="name this evaluation's files eval-TAG.json, report-TAG.md, "
+                   "eval_samples-TAG.npy, overlay-TAG.png, ... (side-by-side evaluations keep theirs)")
+    a, overrides = parse_command(p, argv)
+    run_dir = Path(run_dir)
+    setup_logging(run_dir / "train.log")
+    c, model, splits = load_run(run_dir, overrides)
+    e, s = c.eval, c.sample
+    real, value_range = held_out(c, splits, e.n, e.seed)
+    shape = window_shape(c, splits)
+    sampler = s.make(model.diffusion[MODALITY])
+    t0 = time.time()
+    fake = gen.sample(model, MODALITY, e.n, shape, sampler, seed=e.seed, chunk=s.chunk, progress=True).numpy()
+    sample_s = time.time() - t0
+    suffix = f"-{a.tag}" if a.tag else ""  # a tagged evaluation keeps its own files: runs side by side
+    np.save(run_dir / f"eval_samples{suffix}.npy", fake)
+    t0 = time.time()
+    scores = score(real, fake, e, e.seed, value_range)
+    score_s = time.time() - t0
+    long_result = None
+    if e.long_factor > 1:  # windows cut from series longer than the training window
+        n_series, L = -(-e.n // e.long_factor), shape[0]
+        t0 = time.time()
+        cond = s.make_conditional(model.diffusion[MODALITY])
+        long = gen.sample_long(model, MODALITY, n_series, e.long_factor * L, shape, sampler, cond,
+                               resample=s.resample, seed=e.seed + 1, chunk=s.chunk, progress=True)
+        long_s = time.time() - t0
+        cut = long.reshape(n_series * e.long_factor, L, shape[1]).numpy()[: e.n]
+        # loaded data: the same held-out windows (they start anywhere in the series already)
+        real_cut = held_out(c, splits, e.n, e.seed + 2, e.long_factor)[0] if c.data.source == "sine" else real
+        long_result = {"factor": e.long_factor, "sample_seconds": long_s, "resample": s.resample,
+                       "cond_sampler": f"{s.cond_sampler} {len(cond)} steps",
+                       "scores": _as_dict(score(real_cut, cut, e, e.seed, value_range))}
+    reference = None
+    if e.reference:
+        src = splits.train if c.data.source != "sine" else held_out(c, splits, e.n, e.seed + 1)[0]
+        ref = src[np.random.default_rng(e.seed + 7).permutation(len(src))[: e.n]]
+        reference = _as_dict(score(real, ref, e, e.seed, value_range))
+    sine_fit = None
+    if c.data.source == "sine":  # a closed form: each curve's distance from the generator's family
+        sine_fit = {"fake": metrics.sine_fit(fake, c.data.sine_phase),
+                    "real": metrics.sine_fit(real, c.data.sine_phase)}
+    pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne, suffix=suffix)
+    pics.append(plots.overlay(real, fake, splits.columns, run_dir / f"overlay{suffix}.png"))
+    result = {"scores": _as_dict(scores), "n_real": len(real), "n_fake": len(fake),
+              "sampler": sampler.__class__.__name__, "steps": len(sampler), "sample_seconds": sample_s,
+              "score_seconds": score_s, "machine": machine_description(), "long": long_result,
+              "reference": reference, "sine_fit": sine_fit}
+    (run_dir / f"eval{suffix}.json").write_text(json.dumps(result, indent=1))
+    write_report(run_dir, c, result, pics, f"report{suffix}.md")
+    for k, (m, ci) in scores.items():
+        log.info("%-28s %.4f ± %.4f", NAMES[k], m, ci)
+    if sine_fit:
+        log.info("%-28s %s", "sine fit (RMS distance)", sine_fit_text(sine_fit))
+    for k, v in (reference or {}).items():
+        log.info("%-28s %.4f ± %.4f (real training windows)", NAMES[k], v["mean"], v["ci95"])
+    for k, v in (long_result or {}).get("scores", {}).items():
+        log.info("%-28s %.4f ± %.4f (windows cut from %dx-long series)", NAMES[k], v["mean"], v["ci95"],
+                 e.long_factor)
+    return result

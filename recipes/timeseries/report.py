@@ -1,0 +1,64 @@
+"""The timeseries recipe's report: ``report.md`` with the scores table, the closed-form sine fit,
+long-series scores and the pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusion_core.recipe import read_train_time
+
+from . import metrics
+from .config import TSConfig
+
+NAMES = {"disc": "discriminative (GRU)", "pred": "predictive MAE (GRU)", "lds": "LDS (transformer)",
+         "lps": "LPS (causal transformer)", "corr": "correlational", "fid": "context-FID (GRU embedding)",
+         "jsd": "marginal JSD"}
+
+
+def sine_fit_text(fit: dict) -> str:
+    """One line for ``evaluate``'s ``sine_fit`` result (the log and the report both print it)."""
+    fk, rl = fit["fake"], fit["real"]
+    return (f"{fk['mean']:.4f}, {100 * fk['off']:.1f}% of curves off by more than {metrics.SINE_OFF}, "
+            f"in {100 * fk['windows_off']:.1f}% of the windows (real windows: {rl['mean']:.4f}, "
+            f"{100 * rl['off']:.1f}% off)")
+
+
+def _cell(v: dict) -> str:
+    ci = f" ± {v['ci95']:.4f}" if v["ci95"] == v["ci95"] and v["ci95"] > 0 else ""
+    return f"{v['mean']:.4f}{ci}"
+
+
+def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], name: str = "report.md") -> Path:
+    tt, train_machine = read_train_time(run_dir)
+    m = c.model
+    lines = [f"# TransFusion time-series run: `{run_dir.name}`", "",
+             f"Data `{c.data.source}`, windows of {c.data.length} steps; model {m.dim} wide, "
+             f"{m.n_layers} layers, {m.prediction}-prediction, {m.schedule} schedule, "
+             f"T = {m.T}; {c.train.steps} steps of batch {c.train.batch_size}.", "",
+             f"Training {tt:.0f} s" + (f" on {train_machine}" if train_machine else "") + "; evaluation on "
+             f"{result['machine']}: sampling {result['n_fake']} series "
+             f"with {result['sampler']} ({result['steps']} steps) {result['sample_seconds']:.1f} s.", "",
+             f"Scores on {result['n_real']} held-out real windows vs {result['n_fake']} generated "
+             f"(mean ± 95% interval over {c.eval.repeats} runs where repeated; lower is better):", ""]
+    ref = result.get("reference")
+    lines += (["| metric | generated | real training windows (reference) |", "| --- | --- | --- |"] if ref
+              else ["| metric | value |", "| --- | --- |"])
+    for k, v in result["scores"].items():
+        lines.append(f"| {NAMES[k]} | {_cell(v)} |" + (f" {_cell(ref[k])} |" if ref else ""))
+    if result.get("sine_fit"):
+        lines += ["", ("Sine fit (closed form: each generated curve's RMS distance from the nearest "
+                       f"sine of the generator's family): {sine_fit_text(result['sine_fit'])}.")]
+    if result.get("long"):
+        lg = result["long"]
+        lines += ["", f"Windows cut from series {lg['factor']}x the training window (each new window "
+                      f"conditioned on the previous one's tail: {lg['cond_sampler']}, resampling "
+                      f"{lg['resample']}x; {lg['sample_seconds']:.1f} s), scored against "
+                      + ("windows cut the same way from real sine series of that length"
+                         if c.data.source == "sine" else "the same held-out windows") + ":", "",
+                  "| metric | native windows | cut from long series |", "| --- | --- | --- |"]
+        for k, v in lg["scores"].items():
+            lines.append(f"| {NAMES[k]} | {result['scores'][k]['mean']:.4f} | {v['mean']:.4f} |")
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in pics], ""]
+    out = run_dir / name
+    out.write_text("\n".join(lines))
+    return out

@@ -1,0 +1,75 @@
+"""The timeseries recipe's model and training data: one time-series adapter, every window one
+bidirectional span (TransFusion is FusionModel with a single continuous modality)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fusion_core.diffusion import GaussianDiffusion
+from fusion_core.model import FusionModel, Item
+from fusion_core.modalities.timeseries import TimeSeriesAdapter
+from fusion_core.recipe import TrainJob
+from fusion_core.transformer import backbone_args
+
+from .config import TSConfig
+from .splits import Splits, load_splits, prepare, save_splits
+
+MODALITY = "timeseries"
+DATA_FILE = "data.npz"  # what a run keeps of a loaded series (splits, columns, anchor)
+
+
+def load_data(c: TSConfig, data=None) -> Splits:
+    d = c.data
+    return prepare(d.source, d.length, d.stride, d.split, d.missing, d.time_column or None, d.columns,
+                   d.sine_samples, d.sine_features, c.train.seed, d.transform, d.sine_phase, data=data)
+
+
+def run_data(c: TSConfig, run_dir: Path) -> Splits:
+    """A trained run's splits, from the run folder (loaded series) or regenerated (sine): the
+    original data source is not needed."""
+    if c.data.source == "sine":
+        return load_data(c)
+    path = Path(run_dir) / DATA_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: no {DATA_FILE} (a run made before data was kept in the run folder)")
+    return load_splits(path, c.data.length, c.data.stride)
+
+
+def build_model(c: TSConfig, features: int) -> FusionModel:
+    m = c.model
+    adapter = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
+                                name=MODALITY)
+    cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
+    diffusion = GaussianDiffusion(m.schedule, m.T, m.prediction, m.weighting, m.snr_gamma)
+    return FusionModel(backbone_args(m, cond_dim=cond_dim), [adapter], diffusion=diffusion,
+                       fourier_weight={MODALITY: m.fourier_weight} if m.fourier_weight else None)
+
+
+def setup(c: TSConfig, run_dir: Path, data=None) -> TrainJob:
+    """Data (``data`` from Python, else ``data.source``), split before windowing; the scaler fitted
+    on the training part; every training window one example."""
+    splits = load_data(c, data)
+    if len(splits.train) == 0:
+        raise ValueError("no training windows: check data.length, data.split and missing values")
+    model = build_model(c, splits.train.shape[2])
+    adapter = model.adapters[MODALITY]
+    adapter.fit(splits.fit_data)
+    examples = [[Item(MODALITY, w)] for w in adapter.encode(splits.train)]
+
+    def collate(model, batch, seeds):
+        return model.collate(batch, seeds=seeds)
+
+    def save(run_dir: Path) -> None:
+        if splits.parts is not None:
+            save_splits(splits, run_dir / DATA_FILE)
+
+    summary = (f"data {c.data.source}: {len(splits.train)}/{len(splits.validation)}/{len(splits.test)} windows "
+               f"of {c.data.length} x {splits.train.shape[2]}")
+    return TrainJob(model, examples, collate, summary, save)
+
+
+def window_shape(c: TSConfig, splits: Splits) -> tuple[int, int]:
+    """``(L, F)``: the payload shape of one window."""
+    return c.data.length, int(np.asarray(splits.fit_data).shape[-1])
