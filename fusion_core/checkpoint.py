@@ -184,7 +184,7 @@ def verify_checkpoint(path: Path) -> dict:
             raise CheckpointError(f"{path}: {name} is missing")
         size = f.stat().st_size
         if size != meta["bytes"]:
-            raise CheckpointError(f"{path}: {name} is {size} bytes, expected {meta['bytes']} (truncated?)")
+            raise CheckpointError(f"{path}: {name} is {size} bytes, expected {meta['bytes']} (truncated or changed)")
         if _sha256(f) != meta["sha256"]:
             raise CheckpointError(f"{path}: {name} fails its checksum (corrupt)")
     return manifest

@@ -4,9 +4,10 @@
     fusion run RECIPE [--preset P] [--config F] [--nproc N] key=value ...
     fusion resume RUN_DIR                        continue from the newest good checkpoint
     fusion config RECIPE [--preset P] key=value  print the resolved config
-    fusion sample RUN_DIR ...                    recipe-specific sampling
-    fusion evaluate RUN_DIR ...                  recipe-specific evaluation
+    fusion sample RUN_DIR [flags] key=value      recipe-specific sampling (config overrides too)
+    fusion evaluate RUN_DIR [flags] key=value    recipe-specific evaluation
     fusion plot-metrics RUN_DIR                  loss curves → RUN_DIR/loss.png
+    fusion docs [NAME]                           the guides (docs/), shipped with the package
 
 Overrides are OmegaConf dotlists (``train.steps=100 model.dim=128``), applied after the preset and
 the config file.
@@ -93,6 +94,29 @@ def cmd_recipe_command(a) -> int:
     return 0
 
 
+def docs_folder() -> Path:
+    """The guides: shipped in the package as ``fusion_core.docs`` (the repository's docs/)."""
+    from importlib.resources import files
+
+    return Path(str(files("fusion_core.docs")))
+
+
+def cmd_docs(a) -> int:
+    folder = docs_folder()
+    pages = sorted(p.stem for p in folder.glob("*.md"))
+    if not a.page:
+        print(f"guides in {folder}:")
+        for name in pages:
+            print(f"  {name}")
+        print("read one with: fusion docs NAME")
+        return 0
+    name = a.page[:-3] if a.page.endswith(".md") else a.page
+    if name not in pages:
+        raise ConfigError(f"no guide {a.page!r}; guides: {pages}")
+    print((folder / f"{name}.md").read_text(), end="")
+    return 0
+
+
 def cmd_plot(a) -> int:
     from .metrics import plot_metrics
 
@@ -125,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("run_dir")
         s.add_argument("args", nargs=argparse.REMAINDER, help="recipe-specific options (try --help)")
         s.set_defaults(fn=cmd_recipe_command)
+    s = sub.add_parser("docs", help="list the guides, or print one")
+    s.add_argument("page", nargs="?", help="a guide's name, e.g. python-api")
+    s.set_defaults(fn=cmd_docs)
     s = sub.add_parser("plot-metrics", help="render a run's loss curves to PNG")
     s.add_argument("run_dir")
     s.add_argument("--out", help="output PNG (default RUN_DIR/loss.png)")

@@ -58,10 +58,10 @@ def _merge(base: DictConfig, other: Any, source: str, keys: Sequence[str]) -> Di
         raise ConfigError(f"{source}: bad value for {key!r}: {msg}") from None
 
 
-def load_config(schema: type[T] | T, presets: Sequence[str | Path] = (),
-                overrides: Sequence[str] = (), base: dict | None = None) -> DictConfig:
-    """Build a config: ``schema`` defaults, then ``base`` (a dict, e.g. a backbone preset's
-    sizes), then each YAML in ``presets``, then dotlist overrides. The result is validated by
+def load_config(schema: type[T] | T, presets: Sequence[str | Path | dict] = (),
+                overrides: Sequence[str] = ()) -> DictConfig:
+    """Build a config: ``schema`` defaults, then each layer of ``presets`` (a YAML file, or a dict
+    such as a backbone preset's sizes), then dotlist overrides. The result is validated by
     building the dataclasses (their ``__post_init__`` checks run).
 
     Raises:
@@ -70,9 +70,10 @@ def load_config(schema: type[T] | T, presets: Sequence[str | Path] = (),
     """
     cfg = OmegaConf.structured(schema)
     keys = valid_keys(schema)
-    if base:
-        cfg = _merge(cfg, OmegaConf.create(base), "backbone preset", keys)
     for path in presets:
+        if isinstance(path, dict):
+            cfg = _merge(cfg, OmegaConf.create(path), "backbone preset", keys)
+            continue
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")

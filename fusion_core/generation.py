@@ -108,11 +108,13 @@ class Generated:
     Attributes:
         segments: ``(modality, value)`` in order: the writer's text as ``str``, spans decoded
             to user units.
-        stop: why the row ended: ``"eos"``, ``"max_new_tokens"`` or ``"max_len"`` (the cache).
+        stop: why the row ended: ``"eos"``, ``"max_new_tokens"`` or ``"max_len"`` (the cap).
+        new_tokens: how many tokens the row wrote (markers and ``<eos>`` included).
     """
 
     segments: list[tuple[str, Any]] = field(default_factory=list)
     stop: str = ""
+    new_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -173,12 +175,13 @@ def interleave(model: FusionModel, segments: Sequence, writer: str | None = None
             items.append(seg)
         elif isinstance(seg, tuple) and len(seg) == 2 and isinstance(seg[0], str):
             name, raw = seg
+            adapter = model.adapter(name)
             begin, end = w.begin_marker(name), w.end_marker(name)
             if begin is None:
                 raise ValueError(f"segment {j}: writer {w.name!r} has no markers for modality {name!r}")
             pending.append(begin)
             flush()
-            items.append(Item(name, model.adapter(name).encode(raw)))
+            items.append(Item(name, adapter.encode(raw)))
             pending.append(end)
         else:
             raise ValueError(f"segment {j}: expected a str, a (modality, raw) pair or an Item, "
@@ -264,7 +267,8 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
     Args:
         prompts: per row, a string, a list of Items, or a list of segments (see :func:`interleave`).
         sampler: the sampler of every span, or one per modality.
-        shapes: per continuous modality, the payload shape of a span it draws.
+        shapes: per continuous modality, the payload shape of a span it draws; a begin marker
+            of a modality not named here is written as an ordinary token.
         writer: the discrete adapter that writes (default: the only one with markers).
         guidance: classifier-free guidance scale for spans (the unconditional branch is the
             writer's ``drop_condition`` of the row's text); None = off.
@@ -283,11 +287,15 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
     items = [_prompt_items(model, p, w) for p in prompts]
     if not items:
         return []
-    if force is not None:
-        items = [_with_begin(it, w, force) for it in items]
     shapes = dict(shapes or {})
-    begin = {w.begin_marker(m): m for m, a in model.adapters.items()
-             if a.kind == "continuous" and w.begin_marker(m) is not None}
+    for m in shapes:
+        if model.adapter(m).kind != "continuous" or w.begin_marker(m) is None:
+            raise ValueError(f"shapes names {m!r}: not a continuous modality that writer {w.name!r} marks")
+    if force is not None:
+        if force not in shapes:
+            raise ValueError(f"force={force!r} needs its span shape in shapes")
+        items = [_with_begin(it, w, force) for it in items]
+    begin = {w.begin_marker(m): m for m in shapes}  # only modalities given a shape start spans
     longest = max(_positions(model, it) for it in items)
     if max_len is not None and longest > max_len:
         raise ValueError(f"a prompt of {longest} positions exceeds max_len={max_len}")
@@ -348,6 +356,7 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
             if done[b]:
                 continue
             t = int(tok[b])
+            out[b].new_tokens += 1
             if t == w.eos_id:
                 done[b], out[b].stop = True, "eos"
             elif t in begin and spans_done[b] < max_spans:

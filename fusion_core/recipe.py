@@ -91,27 +91,31 @@ class Recipe:
 
     def load_config(self, preset_name: str | None = None, config_file: str | None = None,
                     overrides: Sequence[str] = ()) -> DictConfig:
-        """Defaults < backbone preset (``model.preset``) < recipe preset < ``config_file`` <
-        ``key=value`` overrides, validated.
+        """Defaults < recipe preset < ``config_file`` < ``key=value`` overrides, validated. A
+        backbone preset named by ``model.preset`` puts its sizes just under the layer that names
+        it (``model.preset=transfusion-0.16b model.n_layers=2`` keeps 2 layers).
 
         Raises:
             ConfigError: unknown preset, key or value (named, with the valid ones).
         """
-        files = []
+        layers: list = []
         if preset_name is not None:
             known = self.presets()
             if preset_name not in known:
                 raise ConfigError(f"recipe {self.name!r} has no preset {preset_name!r}; presets: {sorted(known)}")
-            files.append(known[preset_name])
+            layers.append(known[preset_name])
         if config_file is not None:
-            files.append(config_file)
-        cfg = load_config(self.config, files, overrides)
+            layers.append(config_file)
+        cfg = load_config(self.config, layers, overrides)
         backbone = OmegaConf.select(cfg, "model.preset", default="")
-        if backbone:  # again, with the backbone preset's sizes under everything the user wrote
+        if backbone:  # again, with the backbone preset's sizes under the layer that named it
             if backbone not in PRESETS:
                 raise ConfigError(f"unknown backbone preset model.preset={backbone!r}; known: {sorted(PRESETS)}")
             sizes = dataclasses.asdict(preset(backbone))
-            cfg = load_config(self.config, files, overrides, base={"model": {k: sizes[k] for k in BACKBONE_SIZES}})
+            at = len(layers) if any(o.startswith("model.preset=") for o in overrides) else max(
+                i for i, f in enumerate(layers) if OmegaConf.select(OmegaConf.load(f), "model.preset", default=""))
+            layers.insert(at, {"model": {k: sizes[k] for k in BACKBONE_SIZES}})
+            cfg = load_config(self.config, layers, overrides)
         cfg.recipe = self.name
         return cfg
 

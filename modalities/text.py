@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from fusion_core.adapter import Adapter, Embedded
+from fusion_core.adapter import Adapter, Embedded, jsonable
 
 BASE_SPECIALS = ("<pad>", "<bos>", "<eos>")
 
@@ -98,8 +98,8 @@ class TextAdapter(Adapter):
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        if isinstance(self.tokenizer, ByteTokenizer):
-            cfg["tokenizer"] = "bytes"
+        wrapped = isinstance(self.tokenizer, WrappedTokenizer)
+        cfg["tokenizer"] = jsonable(self.tokenizer.tokenizer) if wrapped else "bytes"
         return cfg
 
     # -- specials -------------------------------------------------------------------------

@@ -68,3 +68,59 @@ def test_unknown_preset_and_recipe_list_valid_ones():
         get_recipe("toy").load_config("quik")
     with pytest.raises(ConfigError, match=r"recipes: \[.*'toy'"):
         get_recipe("tyo")
+
+
+@pytest.mark.parametrize("name", ["timeseries", "multimodal_lm", "toy"])
+def test_every_backbone_arg_is_a_model_key_and_reaches_the_built_model(name, tmp_path):
+    """Recipes nest the backbone's own args: every TransformerArgs field is ``model.<field>``."""
+    import dataclasses
+
+    from fusion_core.transformer import TransformerArgs
+
+    recipe = get_recipe(name)
+    keys = set(valid_keys(recipe.config))
+    fields = [f.name for f in dataclasses.fields(TransformerArgs)]
+    assert {f"model.{f}" for f in fields} <= keys
+    over = ["model.rope_theta=500.0", "model.norm_eps=0.001", "model.init_std=0.05", "model.attn_impl=sdpa",
+            "model.ffn_dim=48", "model.dim=32", "model.n_heads=4", "model.n_layers=1"]
+    c = to_object(recipe.load_config("tiny", overrides=over))
+    import torch
+
+    torch.manual_seed(0)
+    model = recipe.setup(c, tmp_path, None).model
+    args = model.backbone.args
+    assert (args.rope_theta, args.norm_eps, args.init_std, args.attn_impl, args.hidden_dim) == (500.0, 0.001, 0.05,
+                                                                                                "sdpa", 48)
+
+
+def test_backbone_presets_are_named_and_sit_under_what_the_user_writes():
+    recipe = get_recipe("multimodal_lm")
+    cfg = recipe.load_config("paper-0.76b")
+    assert (cfg.model.dim, cfg.model.n_layers, cfg.model.n_heads) == (1536, 24, 24)  # Table 2, from PRESETS
+    cfg = recipe.load_config("paper-0.76b", overrides=["model.n_layers=2"])
+    assert (cfg.model.dim, cfg.model.n_layers) == (1536, 2)
+    cfg = recipe.load_config("tiny", overrides=["model.preset=transfusion-0.16b"])
+    assert (cfg.model.dim, cfg.model.n_layers, cfg.model.n_heads) == (768, 16, 12)
+    with pytest.raises(ConfigError, match=r"unknown backbone preset model.preset='huge'; known: \["):
+        recipe.load_config("tiny", overrides=["model.preset=huge"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "train.steps must be >= 1, got 0"),
+    ("train.ckpt_every=0", "train.ckpt_every must be >= 1"),
+    ("train.log_every=-1", "train.log_every must be >= 1"),
+    ("train.optim.lr=0", "need lr > 0"),
+    ("train.ema_decay=1.0", "ema_decay in \\[0, 1\\)"),
+    ("data.length=0", "length must be >= 1, got 0"),
+    ("data.split=[0.5,0.1]", "data.split must be 3 fractions"),
+    ("model.dim=30", "dim=30 must be divisible by n_heads"),
+    ("model.prediction=score", "model.prediction must be one of"),
+    ("sample.steps=-1", "steps must be >= 0"),
+    ("sample.sampler=euler", "sampler must be one of"),
+    ("sample.resample=3", "resample=3 needs a one-step cond_sampler"),
+    ("eval.metrics=[disc,fidd]", "eval.metrics: unknown \\['fidd'\\]"),
+])
+def test_bad_config_values_are_rejected_when_the_config_is_built(override, message):
+    extra = ["sample.cond_sampler=dpm_solver"] if override.startswith("sample.resample") else []
+    with pytest.raises(ConfigError, match=f"invalid config: .*{message}"):
+        get_recipe("timeseries").load_config("tiny", overrides=[override, *extra])

@@ -87,6 +87,38 @@ def test_loss_equals_parts_computed_by_hand():
     assert out.loss.item() == pytest.approx(ce + 5.0 * mse, rel=1e-5)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_reaches_the_model_loss(prediction):
+    """``GaussianDiffusion(weighting="min_snr")`` weights each span's MSE by the Min-SNR factor
+    (Hang et al. 2023: min(SNR, gamma) in x0 terms), computed here from alphas_cumprod by hand."""
+    def loss(weighting):
+        model, text, image = text_image_model(diffusion=GaussianDiffusion("cosine", 1000, prediction, weighting, 5.0))
+        model.eval()
+        batch = model.collate([caption_image(text, image, "a two", 0), caption_image(text, image, "six", 1)])
+        t = torch.tensor([30, 800])
+        noise = [torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+        with torch.no_grad():
+            return model.loss(batch, t={"image": t}, noise={"image": noise}), model, batch, t, noise
+
+    uniform, *_ = loss("uniform")
+    weighted, model, batch, t, noise = loss("min_snr")
+    ac = model.diffusion["image"].alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    x0_weight = snr.clamp(max=5.0)  # min(SNR, 5) on the x0 error, expressed in each target's space
+    w = {"eps": x0_weight / snr, "x0": x0_weight, "v": x0_weight / (snr + 1)}[prediction]
+    # the per-span MSEs are the same in both runs (same weights, t and noise); only the weights differ
+    per_span = []
+    with torch.no_grad():
+        for i in range(2):
+            one = model.loss(model.collate([batch.examples[i]]), t={"image": t[i : i + 1]},
+                             noise={"image": noise[i : i + 1]})
+            per_span.append(one.parts["image"].item() / float(w[i]))
+    assert uniform.parts["image"].item() == pytest.approx(sum(per_span) / 2, rel=1e-4)
+    assert weighted.parts["image"].item() == pytest.approx(sum(float(w[i]) * per_span[i] for i in range(2)) / 2,
+                                                           rel=1e-4)
+    assert weighted.parts["text"].item() == pytest.approx(uniform.parts["text"].item(), rel=1e-6)
+
+
 def test_boi_position_has_no_lm_target():
     model, text, image = text_image_model()
     ex = caption_image(text, image, "a two", 0)

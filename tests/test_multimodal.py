@@ -174,3 +174,29 @@ def test_rows_without_an_image_keep_their_next_token(setup):
     both = gen.generate(model, [with_boi, plain], sampler, {"image": (1, 8, 8)}, max_new_tokens=6)
     assert both[0].segments[0][0] == "image"
     assert both[1].segments == alone[0].segments
+
+
+def test_examples_from_python_and_from_an_hf_folder(tmp_path):
+    """A list of examples or a datasets.Dataset (text + image columns) from Python; the same data
+    saved with save_to_disk loads as data.source=hf:FOLDER; evaluation uses the held-out examples
+    the run kept, not the source."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    pics = [(rng.uniform(size=(8, 8)) * 255).astype(np.uint8) for _ in range(20)]
+    examples = [[f"picture {i % 4}", torch.from_numpy(p.astype(np.float32) / 255)[None]] for i, p in enumerate(pics)]
+    recipe = get_recipe("multimodal_lm")
+    over = ["data.held_out=0.2", "eval.sample.steps=2"]
+    run = recipe.run("tiny", [f"run_dir={tmp_path / 'list'}", *over], data=examples)
+    res = __import__("json").loads((run / "eval.json").read_text())
+    assert res["heldout_examples"] == 4 and (run / "heldout" / "examples.jsonl").is_file()
+    ds = datasets.Dataset.from_dict({"text": [f"picture {i % 4}" for i in range(20)],
+                                     "image": [Image.fromarray(p) for p in pics]})
+    run2 = recipe.run("tiny", [f"run_dir={tmp_path / 'ds'}", *over], data=ds)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    run3 = tmp_path / "hf_run"
+    assert main(["run", "multimodal_lm", "--preset", "tiny", f"run_dir={run3}", f"data.source=hf:{tmp_path / 'hf'}",
+                 *over]) == 0
+    losses = [[__import__("json").loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()]
+              for r in (run, run2, run3)]
+    assert losses[0] == losses[1] == losses[2]  # the same examples, however they arrived

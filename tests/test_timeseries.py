@@ -331,3 +331,36 @@ def test_resampling_draws_forecasts_from_the_exact_conditional_of_gaussian_data(
         spread[r] = ((out[:, H:, 0].double() - mean) ** 2).mean(0) / var
     assert spread[1][0] > 1.4  # replacement alone: loosely tied to the history
     assert ((spread[10] > 0.85) & (spread[10] < 1.15)).all(), spread[10]
+
+
+def test_data_from_python_arrays_frames_and_datasets(tmp_path):
+    """The recipe's Python entry point takes an array, a DataFrame or a datasets.Dataset; the same
+    numbers train the same model whichever container holds them; hf: folders load too."""
+    import datasets
+
+    from fusion_core.recipe import get_recipe
+
+    recipe = get_recipe("timeseries")
+    values = np.cumsum(np.random.default_rng(0).normal(size=(300, 2)), axis=0)
+    frame = pd.DataFrame(values, columns=["a", "b"])
+    runs = {}
+    for kind, data in (("array", values), ("frame", frame), ("dataset", datasets.Dataset.from_pandas(frame))):
+        runs[kind] = recipe.run("tiny", [f"run_dir={tmp_path / kind}", "eval.after_train=false"], data=data)
+    for kind, run in runs.items():
+        assert {"array": "python:ndarray", "frame": "python:DataFrame", "dataset": "python:Dataset"}[kind] in \
+            (run / "config.yaml").read_text()
+    loss = {k: [json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()] for k, r in runs.items()}
+    assert loss["array"] == loss["frame"] == loss["dataset"]
+    assert main(["sample", str(runs["frame"]), "--n", "2", "--out", "s.csv"]) == 0
+    assert list(pd.read_csv(runs["frame"] / "s.csv").columns) == ["series", "step", "a", "b"]
+    with pytest.raises(ValueError, match="this run's data came from Python"):
+        main(["resume", str(runs["array"]), "train.steps=8"])
+    datasets.Dataset.from_pandas(frame).save_to_disk(str(tmp_path / "hf"))
+    run = tmp_path / "hfrun"
+    assert main(["run", "timeseries", "--preset", "tiny", f"run_dir={run}", f"data.source=hf:{tmp_path / 'hf'}",
+                 "eval.after_train=false"]) == 0
+    assert [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()] == loss["frame"]
+    with pytest.raises(ValueError, match="hf:no_such/dataset_here: not a local folder and not available offline"):
+        recipe.run("tiny", [f"run_dir={tmp_path / 'x'}", "data.source=hf:no_such/dataset_here"])
+    with pytest.raises(ValueError, match="a numeric \\(T, F\\) array expected"):
+        recipe.run("tiny", [f"run_dir={tmp_path / 'y'}"], data=np.zeros((2, 3, 4)))
