@@ -103,7 +103,8 @@ class TimeSeriesAdapter(Adapter):
                 without a mask, scaler not fitted.
         """
         try:
-            x = torch.as_tensor(np.asarray(raw, dtype=np.float64)).float()
+            x = raw.detach().cpu().float() if isinstance(raw, Tensor) else \
+                torch.as_tensor(np.array(raw, dtype=np.float64)).float()
         except (TypeError, ValueError) as e:
             raise ValueError(f"time series must be numeric (T, {self.features}): {e}") from e
         if x.ndim not in (2, 3) or x.shape[-1] != self.features:

@@ -73,10 +73,9 @@ class TransformerNet(nn.Module):
 
 
 def _encoder_layer(layer: nn.TransformerEncoderLayer, h: torch.Tensor, causal: bool) -> torch.Tensor:
-    """``layer(h)`` (post-norm, ReLU, no dropout) computed from the layer's own weights, 1.3x
-    faster to train on CPU (LDS step at length 384: 3.7 s → 2.9 s on one shared thread):
-    ``nn.MultiheadAttention`` splits its packed projection with three ``select``s whose backward
-    each fills a zero tensor the size of all three."""
+    """``layer(h)`` (post-norm, ReLU, no dropout) computed from the layer's own weights, faster to
+    train on CPU (docs/results.md): ``nn.MultiheadAttention`` splits its packed projection with
+    three ``select``s whose backward each fills a zero tensor the size of all three."""
     attn, (B, L, d) = layer.self_attn, h.shape
     H = attn.num_heads
     q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4).unbind(0)
