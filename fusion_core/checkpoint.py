@@ -210,19 +210,3 @@ def find_resumable(root: Path) -> Path | None:
         except CheckpointError as e:
             log.warning("skipping checkpoint: %s; falling back to the previous one", e)
     return None
-
-
-def load_trained(module: nn.Module, run_dir: Path, use_ema: bool = True) -> Path:
-    """Load a run's newest good checkpoint into ``module`` (EMA weights when present and
-    wanted, for sampling). Returns the checkpoint folder.
-
-    Raises:
-        FileNotFoundError: the run has no usable checkpoint.
-    """
-    ckpt = find_resumable(Path(run_dir) / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no usable checkpoint")
-    load_weights(module, ckpt / "model.safetensors")
-    if use_ema and (ckpt / "ema.safetensors").is_file():
-        module.load_state_dict({**module.state_dict(), **load_file(str(ckpt / "ema.safetensors"))})
-    return ckpt
