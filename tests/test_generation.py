@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusion_core import (FusionModel, GaussianDiffusion, Item, TransformerArgs, caption, forecast, generate,
+from fusion_core import (FusionModel, GaussianDiffusion, TransformerArgs, caption, forecast, generate,
                          generate_span, impute, interleave, make_sampler, sample)
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.text import TextAdapter

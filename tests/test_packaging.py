@@ -39,3 +39,19 @@ def test_core_never_imports_adapters_or_recipes():
     for path in (ROOT / "fusion_core").rglob("*.py"):
         hit = bad.search(path.read_text())
         assert hit is None, f"{path} imports {hit.group(0).strip()}: core must not depend on adapters/recipes"
+
+
+def test_a_built_wheel_ships_every_package_the_guides_and_the_type_marker(tmp_path):
+    """What a non-editable install gets: every subpackage, presets, py.typed and the guides."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
+    for path in ("fusion_core/generation/spans.py", "fusion_core/diffusion/repaint.py", "fusion_core/py.typed",
+                 "fusion_core/docs/python-api.md", "fusion_core/recipes/presets/timeseries/quick.yaml",
+                 "fusion_core/recipes/timeseries/evaluate.py", "fusion_core/modalities/testing.py"):
+        assert path in names, path
+    local = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fusion_core").rglob("*.py")}
+    missing = {p for p in local if p not in names}
+    assert not missing, f"modules left out of the wheel: {sorted(missing)}"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusion_core import FusionModel, GaussianDiffusion, Item, TransformerArgs, generation as gen, make_sampler
+from fusion_core import FusionModel, GaussianDiffusion, TransformerArgs, generation as gen, make_sampler
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.text import TextAdapter
 from fusion_core.modalities.timeseries import TimeSeriesAdapter

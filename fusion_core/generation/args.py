@@ -1,0 +1,95 @@
+"""What generation is configured with (:class:`SampleArgs`, the ``sample.*`` config of every
+recipe) and what interleaved generation returns (:class:`Generated`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..diffusion import SAMPLERS, Sampler, make_sampler
+
+
+@dataclass
+class SampleArgs:
+    """How to sample — the one sampler config every recipe nests (``sample.*``, ``eval.sample.*``).
+
+    Attributes:
+        sampler: ``ddpm`` (ancestral), ``ddim`` or ``dpm_solver`` (DPM-Solver++ 2M).
+        steps: model evaluations per span; 0 = all T.
+        clip_x0: clamp each predicted x0 to ``[-clip_x0, clip_x0]``; 0 = off.
+        guidance: classifier-free guidance scale for conditioned spans; 0 = off.
+        use_ema: sample with the EMA weights when the model has them.
+        temperature: text sampling temperature; 0 = greedy.
+        top_k: sample text among the k likeliest tokens; 0 = all.
+        max_new_tokens: tokens each row may write.
+        chunk: spans drawn per batch (bounds memory).
+        cond_sampler, cond_steps, resample: forecasts, imputation and long series (RePaint):
+            a one-step sampler, its steps, and how many times each step is drawn.
+        seed: seeds every random draw.
+    """
+
+    sampler: str = "dpm_solver"
+    steps: int = 50
+    clip_x0: float = 1.0
+    guidance: float = 0.0
+    use_ema: bool = True
+    temperature: float = 0.0
+    top_k: int = 0
+    max_new_tokens: int = 48
+    chunk: int = 256
+    cond_sampler: str = "ddim"
+    cond_steps: int = 25
+    resample: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        for key in ("sampler", "cond_sampler"):
+            if getattr(self, key) not in SAMPLERS:
+                raise ValueError(f"{key} must be one of {sorted(SAMPLERS)}, got {getattr(self, key)!r}")
+        for key, low in (("steps", 0), ("cond_steps", 0), ("max_new_tokens", 0), ("top_k", 0),
+                         ("chunk", 1), ("resample", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
+        for key in ("clip_x0", "guidance", "temperature"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.resample > 1 and SAMPLERS[self.cond_sampler].multistep:
+            raise ValueError(f"resample={self.resample} needs a one-step cond_sampler (ddpm or ddim), "
+                             f"got {self.cond_sampler!r}")
+
+    def make(self, diffusion) -> Sampler:
+        """The sampler for ``diffusion`` (a ``GaussianDiffusion``)."""
+        return make_sampler(self.sampler, diffusion, self.steps or None, clip_x0=self.clip_x0 or None)
+
+    def make_conditional(self, diffusion) -> Sampler:
+        """The sampler for forecasts, imputation and long series."""
+        return make_sampler(self.cond_sampler, diffusion, self.cond_steps or None, clip_x0=self.clip_x0 or None)
+
+    @property
+    def guidance_scale(self) -> float | None:
+        return self.guidance or None
+
+
+@dataclass
+class Generated:
+    """One row's output.
+
+    Attributes:
+        segments: ``(modality, value)`` in order: the writer's text as ``str``, spans decoded
+            to user units.
+        stop: why the row ended: ``"eos"``, ``"max_new_tokens"`` or ``"max_len"`` (the cap).
+        new_tokens: how many tokens the row wrote (markers and ``<eos>`` included).
+    """
+
+    segments: list[tuple[str, Any]] = field(default_factory=list)
+    stop: str = ""
+    new_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        """All text segments, joined."""
+        return "".join(v for _, v in self.segments if isinstance(v, str))
+
+    def spans(self, modality: str) -> list:
+        """The decoded spans of ``modality``."""
+        return [v for m, v in self.segments if m == modality and not isinstance(v, str)]
