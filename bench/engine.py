@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 
@@ -23,10 +22,9 @@ def setup(steps):
     recipe = get_recipe("toy")
     c = to_object(recipe.load_config("quick", overrides=[f"train.steps={steps}", "train.progress=false",
                                                          f"train.ckpt_every={10 * steps}", "train.log_every=10"]))
-    mod = sys.modules[recipe.train.__module__]
     torch.manual_seed(0)
-    model = mod.build_model(c)
-    return c, model, mod.build_dataset(c, model)
+    job = recipe.setup(c, None, None)
+    return c, job.model, job.dataset
 
 
 def bare(steps):
