@@ -39,10 +39,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or corrupt."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: temporary files are created 0600/0700, published ones get the usual mode
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -103,6 +113,7 @@ def publish_folder(final: Path, write: Callable[[Path], None], meta: dict | None
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
         write(tmp)
         delay = float(os.environ.get("FUSION_CKPT_WRITE_DELAY", "0"))  # fault injection (tests)
         if delay:
@@ -135,7 +146,8 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
         root: the ``checkpoints/`` folder.
         weights: file stem → state dict (e.g. ``{"model": ..., "ema": ...}``).
         state: training state for ``state.pt``.
-        keep_last: how many complete checkpoints to keep (older ones are deleted).
+        keep_last: how many checkpoints up to this one to keep (older ones are deleted; a
+            checkpoint of a later step, left by another history, is never touched).
         extra: more text files, name → contents (``model.json``: the checkpoint is then also a
             ``from_pretrained`` folder).
     """
@@ -152,7 +164,8 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
 
     publish_folder(final, write, {"step": step})
     atomic_write_text(root / "latest", final.name + "\n")
-    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+    older = [p for p in list_checkpoints(root) if p.name < final.name]  # zero-padded: name order = step order
+    for old in older[: max(len(older) - (keep_last - 1), 0)] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

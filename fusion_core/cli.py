@@ -58,8 +58,9 @@ def cmd_run(a) -> int:
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={a.nproc}", "-m", "fusion_core.cli", "run", a.recipe]
         argv += (["--preset", a.preset] if a.preset else []) + (["--config", a.config] if a.config else [])
+        argv += ["--overwrite"] if a.overwrite else []
         return subprocess.call(argv + list(a.overrides))
-    run_dir = recipe.train(cfg, False)
+    run_dir = recipe.train(cfg, False, overwrite=a.overwrite)
     print(f"run folder: {run_dir}")
     return 0
 
@@ -138,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--config", help="a YAML config file, applied after the preset")
         if name == "run":
             s.add_argument("--nproc", type=int, default=0, help="processes on this machine (torchrun)")
+            s.add_argument("--overwrite", action="store_true", help="reuse a run_dir that holds another run "
+                           "(its checkpoints and metrics are moved aside into previous-<time>/, not deleted)")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
         s.set_defaults(fn=fn)
     s = sub.add_parser("resume", help="continue a run from its newest good checkpoint")
@@ -159,7 +162,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: a config, file, data or run-folder problem the user can fix.
+    Everything else is a bug and keeps its traceback."""
+    from .checkpoint import CheckpointError
+    from .trainer import TrainingDiverged
+
+    return (ValueError, CheckpointError, TrainingDiverged, FileNotFoundError, IsADirectoryError,
+            NotADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``fusion`` command. A user error (:func:`user_errors`: a bad config value, a
+    missing or unreadable file, unusable data, a busy run folder) is one line on stderr and exit
+    code 2, never a traceback; ``FUSION_DEBUG=1`` re-raises it."""
     p = parser()
     a, extra = p.parse_known_args(argv)
     if extra:  # key=value overrides that followed an option (argparse stops collecting them)
@@ -168,22 +184,20 @@ def main(argv: list[str] | None = None) -> int:
         a.overrides = list(a.overrides) + extra
     try:
         return a.fn(a)
-    except ConfigError as e:
-        print(f"fusion: error: {e}", file=sys.stderr)
+    except user_errors() as e:
+        if os.environ.get("FUSION_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"fusion: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fusion: interrupted", file=sys.stderr)
+        return 130
 
 
 def entry() -> int:
-    """The ``fusion`` command: :func:`main`, with bad input (``ValueError``: wrong shapes, missing
-    files, unusable data) reported as one line and exit code 2 instead of a traceback
-    (``FUSION_DEBUG=1`` shows the traceback)."""
-    try:
-        return main()
-    except ValueError as e:
-        if os.environ.get("FUSION_DEBUG"):
-            raise
-        print(f"fusion: error: {e}", file=sys.stderr)
-        return 2
+    """The ``fusion`` console script: :func:`main`."""
+    return main()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+from .checkpoint import atomic_write_text
+
+log = logging.getLogger("fusion_core")
 
 
 class MetricsLog:
@@ -13,12 +18,13 @@ class MetricsLog:
         self.path, self.enabled = Path(path), enabled
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (a resumed run re-logs them)."""
+        """Drop records past ``step`` (a resumed run re-logs them) and lines a crash tore
+        (warned, naming the file); rewritten atomically."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(k + "\n" for k in keep))
+        records = _parse(self.path)
+        keep = [json.dumps(r) for r in records if r.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -31,8 +37,26 @@ def read_metrics(path: Path) -> list[dict]:
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise ValueError(f"no metrics file at {path}")
+    return _parse(path)
+
+
+def _parse(path: Path) -> list[dict]:
+    """The records of a metrics file; a line that is not a JSON object (a write cut short by a
+    crash) is skipped with a warning naming the file and line."""
+    out = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            log.warning("%s:%d: dropped an unreadable line (a write cut short by a crash?)", path, n)
+            continue
+        out.append(rec)
+    return out
 
 
 def plot_metrics(run_dir: Path, out: Path | None = None) -> Path:

@@ -31,6 +31,7 @@ from .config import ConfigError, load_config, save_config, to_object, to_yaml
 from .distributed import init_distributed, shutdown
 from .model import FusionModel
 from .registry import import_object
+from .runfolder import RunLock, claim, clean_leftovers
 from .trainer import Collate, Trainer, seed_everything
 from .transformer import PRESETS, preset
 
@@ -127,39 +128,55 @@ class Recipe:
             raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
         return to_object(load_config(self.config, [path], overrides))
 
-    def train(self, cfg: DictConfig, resume: bool = False, data: Any = None) -> Path:
-        """The train skeleton every recipe shares (see the module docstring)."""
+    def train(self, cfg: DictConfig, resume: bool = False, data: Any = None, overwrite: bool = False) -> Path:
+        """The train skeleton every recipe shares (see the module docstring). The data is loaded
+        before the run folder is touched, so bad data leaves no folder behind. While it writes,
+        the main process holds the folder's lock (:mod:`fusion_core.runfolder`); a new run
+        refuses a folder that holds another run's checkpoints unless ``overwrite`` (which moves
+        them aside)."""
         source = OmegaConf.select(cfg, "data.source", default=None)
         if data is not None:
             cfg.data.source = f"python:{type(data).__name__}"
         elif isinstance(source, str) and source.startswith("python:"):
             raise ValueError(f"this run's data came from Python ({source}): pass it again, "
                              f"recipe.train(cfg, resume=True, data=...)")
+        if not cfg.get("run_dir"):
+            cfg.run_dir = f"runs/{cfg.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
         info = init_distributed(cfg.train.device)
-        run_dir = prepare_run_dir(cfg) if info.is_main else Path(cfg.run_dir)
+        run_dir = Path(cfg.run_dir)
         c = to_object(cfg)
         seed_everything(c.train.seed, 0, c.train.deterministic)  # the same model on every process
         job = self.setup(c, run_dir, data)
-        if info.is_main:
-            n_params = sum(p.numel() for p in job.model.parameters()) / 1e6
-            log.info("%s; model %.2fM parameters", job.summary or f"{len(job.dataset)} examples", n_params)
-            if job.save is not None:
-                job.save(run_dir)
-        trainer = Trainer(job.model, job.dataset, job.collate, c.train, run_dir, to_yaml(cfg), info)
-        trainer.fit(resume=resume)
-        trainer.export(run_dir / "model", {"recipe": self.name})
-        shutdown(info)
-        if info.is_main:
-            write_train_time(run_dir, trainer.train_seconds)
-            if self.evaluate is not None and getattr(getattr(c, "eval", None), "after_train", False):
-                self.evaluate(run_dir, [])
+        lock = None
+        try:
+            if info.is_main:
+                lock = RunLock(run_dir)
+                if not resume:
+                    claim(run_dir, overwrite)
+                clean_leftovers(run_dir)
+                prepare_run_dir(cfg)
+                n_params = sum(p.numel() for p in job.model.parameters()) / 1e6
+                log.info("%s; model %.2fM parameters", job.summary or f"{len(job.dataset)} examples", n_params)
+                if job.save is not None:
+                    job.save(run_dir)
+            trainer = Trainer(job.model, job.dataset, job.collate, c.train, run_dir, to_yaml(cfg), info)
+            trainer.fit(resume=resume)
+            trainer.export(run_dir / "model", {"recipe": self.name})
+            shutdown(info)
+            if info.is_main:
+                write_train_time(run_dir, trainer.train_seconds)
+                if self.evaluate is not None and getattr(getattr(c, "eval", None), "after_train", False):
+                    self.evaluate(run_dir, [])
+        finally:
+            if lock is not None:
+                lock.release()
         return run_dir
 
     def run(self, preset: str | None = None, overrides: Sequence[str] = (), data: Any = None,
-            config_file: str | None = None) -> Path:
+            config_file: str | None = None, overwrite: bool = False) -> Path:
         """Train from Python: ``recipe.run("quick", ["train.steps=100"], data=my_array)``.
         ``data`` replaces ``data.source`` (what a recipe accepts: its ``setup`` says)."""
-        return self.train(self.load_config(preset, config_file, overrides), data=data)
+        return self.train(self.load_config(preset, config_file, overrides), data=data, overwrite=overwrite)
 
 
 def load_model(run_dir: str | Path, c: Any) -> FusionModel:
@@ -196,7 +213,7 @@ def get_recipe(name: str) -> Recipe:
 def prepare_run_dir(cfg: DictConfig) -> Path:
     """Resolve ``cfg.run_dir`` (default ``runs/<recipe>-<time>``), create it, write the resolved
     config (on resume too: the run's config with that command's overrides, e.g. more steps) and
-    start logging to ``run_dir/train.log``."""
+    start logging to ``run_dir/train.log`` (appended: one log for every segment of a run)."""
     if not cfg.get("run_dir"):
         cfg.run_dir = f"runs/{cfg.recipe}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(cfg.run_dir)

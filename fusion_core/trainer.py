@@ -39,6 +39,7 @@ from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, w
 from .metrics import MetricsLog
 from .model import Batch, FusionModel
 from .pretrained import model_config, save_pretrained
+from .runfolder import start_fresh
 
 log = logging.getLogger("fusion_core")
 
@@ -415,8 +416,10 @@ class Trainer:
     def fit(self, resume: bool = False) -> list[dict]:
         """Train to ``args.steps`` (from the latest good checkpoint with ``resume``)."""
         a, info = self.args, self.info
-        if resume and not self.resume() and info.is_main:
-            log.warning("no usable checkpoint in %s; starting from step 0", self.ckpt_dir)
+        if not self.step and not (resume and self.resume()) and info.is_main:
+            if resume:
+                log.warning("no usable checkpoint in %s; starting from step 0", self.ckpt_dir)
+            start_fresh(self.run_dir)  # a fresh history: earlier checkpoints and metrics moved aside
         self.run_dir.mkdir(parents=True, exist_ok=True)
         records = []
         bar = tqdm(total=a.steps, initial=self.step, disable=not (a.progress and info.is_main),

@@ -89,13 +89,13 @@ def load_prose(held_out_fraction: float = 0.1, chunk: int = 192) -> tuple[list[s
     return chunks(keys[:cut]), chunks(keys[cut:])
 
 
-def load_jsonl(path: str | Path, channels: int = 1) -> list[list[Any]]:
+def load_jsonl(path: str | Path, channels: int = 1, size: int | None = None) -> list[list[Any]]:
     """Examples from a JSONL file (see the module docstring); images read with ``channels``
-    channels (1: grayscale, 3: RGB).
+    channels (1: grayscale, 3: RGB) and, with ``size``, checked to be ``size`` x ``size``.
 
     Raises:
         ValueError: a line that is not JSON, a segment that is neither text nor image, a missing
-            or unreadable image file — naming the line.
+            or unreadable image file, an image of the wrong size or colour — naming file and line.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,54 +119,72 @@ def load_jsonl(path: str | Path, channels: int = 1) -> list[list[Any]]:
                 ex.append(read_image(path.parent / seg["image"], channels, where=f"{path}:{n} segment {j}"))
             else:
                 raise ValueError(f"{path}:{n} segment {j}: expected {{'text': str}} or {{'image': path}}")
+        check_example(ex, f"{path}:{n}", channels, size)
         out.append(ex)
     return out
 
 
-def read_image(path: Path, channels: int = 1, where: str = "") -> torch.Tensor:
-    """An image file → ``(C, H, W)`` float in [0, 1] (grayscale for C = 1)."""
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def read_image(path: Path, channels: int = 1, where: str = "", strict: bool = True) -> torch.Tensor:
+    """An image file → ``(C, H, W)`` float in [0, 1] (grayscale for C = 1). ``strict``: a colour
+    image for 1 channel, or a greyscale one for 3, is an error rather than converted."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+            return pil_to_tensor(im, channels, where or str(path), strict)
     except FileNotFoundError:
         raise ValueError(f"{where or path}: image file not found: {path}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{where or path}: cannot read image {path} ({e})") from None
+
+
+def pil_to_tensor(im, channels: int, where: str, strict: bool = True) -> torch.Tensor:
+    """A PIL image → ``(C, H, W)`` float in [0, 1], its colour checked against ``channels``."""
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    grey = im.mode in GREY_MODES or bool((rgb == rgb[..., :1]).all())
+    if strict and channels == 1 and not grey:
+        raise ValueError(f"{where}: a colour image, but data.channels=1: set data.channels=3 or convert "
+                         "the images to greyscale")
+    if strict and channels == 3 and im.mode in GREY_MODES:
+        raise ValueError(f"{where}: a greyscale image, but data.channels=3: set data.channels=1")
+    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr)[None] if arr.ndim == 2 else torch.from_numpy(arr).permute(2, 0, 1)
 
 
-def from_hf(dataset, channels: int = 1) -> list[list[Any]]:
-    """Examples from an HF dataset with ``text`` + ``image`` columns or a ``segments`` column."""
+def from_hf(dataset, channels: int = 1, size: int | None = None, name: str = "HF dataset") -> list[list[Any]]:
+    """Examples from an HF dataset with ``text`` + ``image`` columns or a ``segments`` column,
+    each checked (errors name the row)."""
     cols = set(dataset.column_names)
+    if "segments" not in cols and not {"text", "image"} <= cols:
+        raise ValueError(f"{name} needs 'text' and 'image' columns or 'segments'; has {sorted(cols)}")
     out = []
-    for row in dataset:
+    for i, row in enumerate(dataset):
         if "segments" in cols:
-            out.append(list(row["segments"]))
-        elif {"text", "image"} <= cols:
-            img = np.asarray(row["image"].convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-            img = torch.from_numpy(img)
-            out.append([row["text"], img[None] if img.ndim == 2 else img.permute(2, 0, 1)])
+            ex = list(row["segments"])
         else:
-            raise ValueError(f"HF dataset needs 'text' and 'image' columns or 'segments'; has {sorted(cols)}")
+            ex = [row["text"], pil_to_tensor(row["image"], channels, f"{name} row {i}")]
+        check_example(ex, f"{name} row {i}", channels, size)
+        out.append(ex)
     return out
 
 
-def check_example(ex: Sequence[Any], i: int, channels: int | None = None, size: int | None = None) -> None:
-    """Raise ``ValueError`` unless every segment is a str or a (C, H, W) tensor (with ``channels``
-    channels and ``size`` x ``size`` pixels when given: the recipe generates images of one size)."""
+def check_example(ex: Sequence[Any], where: str, channels: int | None = None, size: int | None = None) -> None:
+    """Raise ``ValueError`` (naming ``where``: a file and line, or an example's index) unless every
+    segment is a str or a (C, H, W) tensor (with ``channels`` channels and ``size`` x ``size``
+    pixels when given: the recipe generates images of one size)."""
     if not isinstance(ex, (list, tuple)) or not ex:
-        raise ValueError(f"example {i}: expected a non-empty list of segments (str or image tensor)")
+        raise ValueError(f"{where}: expected a non-empty list of segments (str or image tensor)")
     for j, seg in enumerate(ex):
         if isinstance(seg, str):
             continue
         if not (isinstance(seg, torch.Tensor) and seg.ndim == 3):
-            raise ValueError(f"example {i}, segment {j}: expected a caption string or a (C, H, W) image tensor, "
+            raise ValueError(f"{where}, segment {j}: expected a caption string or a (C, H, W) image tensor, "
                              f"got {type(seg).__name__}")
         if channels is not None and seg.shape[0] != channels:
-            raise ValueError(f"example {i}, segment {j}: image has {seg.shape[0]} channels, data.channels={channels}")
+            raise ValueError(f"{where}, segment {j}: image has {seg.shape[0]} channels, data.channels={channels}")
         if size is not None and tuple(seg.shape[1:]) != (size, size):
-            raise ValueError(f"example {i}, segment {j}: image is {seg.shape[1]}x{seg.shape[2]}, expected "
+            raise ValueError(f"{where}, segment {j}: image is {seg.shape[1]}x{seg.shape[2]}, expected "
                              f"{size}x{size}: set data.image_size={seg.shape[1]} (square images) or resize")

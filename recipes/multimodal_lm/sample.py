@@ -52,7 +52,7 @@ def sample(run_dir: Path, argv: list[str]) -> list:
     out_dir.mkdir(exist_ok=True)
     text = model.adapters["text"]
     if a.image:
-        imgs = torch.stack([D.read_image(Path(f), channels=shape[0]) for f in a.image])
+        imgs = torch.stack([D.read_image(Path(f), channels=shape[0], strict=False) for f in a.image])
         if imgs.shape[2:] != shape[1:]:
             imgs = F.interpolate(imgs, size=shape[1:], mode="area")
         caps = gen.caption(model, "image", imgs, prompt=a.prompt[0] if a.prompt else "",

@@ -72,12 +72,16 @@ def user_examples(c: MMConfig, data=None) -> tuple[list[list], list[list]]:
     choice of ``data.held_out`` of them, which training never sees)."""
     d = c.data
     if data is not None and not isinstance(data, (str, Path)):
-        raw = D.from_hf(data, d.channels) if hasattr(data, "column_names") else [list(ex) for ex in data]
+        if hasattr(data, "column_names"):
+            raw = D.from_hf(data, d.channels, d.image_size, "the Dataset")
+        else:
+            raw = [list(ex) if isinstance(ex, (list, tuple)) else ex for ex in data]
+            for i, ex in enumerate(raw):
+                D.check_example(ex, f"example {i} (counting from 0)", d.channels, d.image_size)
     else:
         source = str(data if data is not None else d.source)
-        raw = D.from_hf(load_hf(source[3:]), d.channels) if source.startswith("hf:") else D.load_jsonl(source, d.channels)
-    for i, ex in enumerate(raw):
-        D.check_example(ex, i, d.channels, d.image_size)
+        raw = (D.from_hf(load_hf(source[3:]), d.channels, d.image_size, source) if source.startswith("hf:")
+               else D.load_jsonl(source, d.channels, d.image_size))
     held = set(random.Random(c.train.seed).sample(range(len(raw)), round(len(raw) * d.held_out)))
     return [ex for i, ex in enumerate(raw) if i not in held], [ex for i, ex in enumerate(raw) if i in held]
 

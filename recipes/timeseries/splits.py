@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import TRANSFORMS, handle_missing, sine, to_increments, to_series
+from .data import TRANSFORMS, flag_outliers, handle_missing, sine, to_increments, to_series
 
 
 def chronological_split(T: int, fractions: Sequence[float], length: int) -> list[slice]:
@@ -77,10 +77,12 @@ def _window_parts(parts: dict, length: int, stride: int) -> list[np.ndarray]:
 def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = (0.8, 0.1, 0.1),
             missing: str = "error", time_column: str | None = None, columns: Sequence[str] = (),
             sine_samples: int = 10000, sine_features: int = 5, seed: int = 0,
-            transform: str = "none", sine_phase: float = 0.1, data=None) -> Splits:
+            transform: str = "none", sine_phase: float = 0.1, data=None, outliers: str = "warn",
+            outlier_iqr: float = 50.0) -> Splits:
     """Everything the recipe needs: windows of each split, split before windowing. With a
     ``transform`` the windows hold increments (e.g. daily log returns) of the series. ``data``
-    (from Python) replaces ``source``: see :func:`to_series`."""
+    (from Python) replaces ``source``: see :func:`to_series`. Values far outside their column
+    are warned about, masked or clipped (:func:`~.data.flag_outliers`) before anything is fitted."""
     if transform not in TRANSFORMS:
         raise ValueError(f"data.transform must be one of {TRANSFORMS}, got {transform!r}")
     if data is None and source == "sine":  # independent samples: split by sample index
@@ -92,11 +94,13 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
         parts = [values[b[i] : b[i + 1]] for i in range(3)]
         return Splits(*parts, [f"sin{i}" for i in range(sine_features)], parts[0])
     series = to_series(data if data is not None else source, time_column, columns)
-    values, observed = handle_missing(series.values, missing)
+    values, observed = handle_missing(series.values, missing, series.columns)
     levels = values
     if transform != "none":
         values = to_increments(values, transform, series.columns)
         observed = observed[1:] & observed[:-1]
+    values, observed = flag_outliers(series, values, outliers, outlier_iqr, observed,
+                                     row_offset=int(transform != "none"))
     cuts = chronological_split(len(values), split, length)
     parts = {name: (values[c], observed[c]) for name, c in zip(("train", "validation", "test"), cuts)}
     anchor = None

@@ -23,7 +23,8 @@ DATA_FILE = "data.npz"  # what a run keeps of a loaded series (splits, columns, 
 def load_data(c: TSConfig, data=None) -> Splits:
     d = c.data
     return prepare(d.source, d.length, d.stride, d.split, d.missing, d.time_column or None, d.columns,
-                   d.sine_samples, d.sine_features, c.train.seed, d.transform, d.sine_phase, data=data)
+                   d.sine_samples, d.sine_features, c.train.seed, d.transform, d.sine_phase, data=data,
+                   outliers=d.outliers, outlier_iqr=d.outlier_iqr)
 
 
 def run_data(c: TSConfig, run_dir: Path) -> Splits:

@@ -1,0 +1,136 @@
+"""Run folders that never lose work: one run per folder, a lock held by the writing process, and
+the leftovers of interrupted writes cleaned up.
+
+- :class:`RunLock` — an exclusive ``flock`` on ``RUN_DIR/.lock``, held while a process writes the
+  folder. The kernel releases it when the process dies (``kill -9`` included), so a crash never
+  leaves a stale lock; a second writer fails at once with a message naming the holder.
+- :func:`claim` — what ``fusion run`` does before writing: a folder that already holds
+  checkpoints belongs to another run (use ``fusion resume`` or another ``run_dir``); with
+  ``overwrite`` its files are moved aside into ``RUN_DIR/previous-<time>/``, never deleted.
+- :func:`start_fresh` — a run that (re)starts from step 0 in a folder with history (every
+  checkpoint failed verification, or a crash before the first checkpoint) moves that history
+  aside the same way, so old and new checkpoints and metrics never mix.
+- :func:`clean_leftovers` — temporary checkpoint folders and files of writes a kill interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import sys
+from datetime import datetime
+from pathlib import Path
+
+log = logging.getLogger("fusion_core")
+
+LOCK_NAME = ".lock"
+HISTORY = ("checkpoints", "metrics.jsonl", "model", "train_time.json")  # train.log stays: it is a log
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (in use, or holding another run)."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of this process (or until :meth:`release`).
+
+    Raises:
+        RunFolderError: another live process holds it (the message names its pid, host, command
+            and start time).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock (Windows): no protection, but say so
+            log.warning("no file locking on this platform: nothing stops two runs writing %s", self.path.parent)
+        except OSError:
+            holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            self._fd = None
+            raise RunFolderError(f"{self.path.parent} is in use by {holder}; wait for it to finish, or use "
+                                 "another run_dir") from None
+        info = (f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:4])}, "
+                f"since {datetime.now():%Y-%m-%d %H:%M:%S})")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, info.encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def has_history(run_dir: Path) -> bool:
+    """Whether a folder holds another run's training history (checkpoints or metrics)."""
+    ck = Path(run_dir) / "checkpoints"
+    return (ck.is_dir() and any(p.name.startswith("step_") for p in ck.iterdir())) or \
+        (Path(run_dir) / "metrics.jsonl").is_file()
+
+
+def move_aside(run_dir: Path, reason: str) -> Path | None:
+    """Move the folder's training history into ``run_dir/previous-<time>/``; returns it."""
+    run_dir = Path(run_dir)
+    present = [run_dir / n for n in HISTORY if (run_dir / n).exists()]
+    if not present:
+        return None
+    aside = run_dir / f"previous-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
+    aside.mkdir()
+    for p in present:
+        os.replace(p, aside / p.name)
+    log.warning("%s: %s; the earlier history is kept in %s", run_dir, reason, aside)
+    return aside
+
+
+def claim(run_dir: Path, overwrite: bool = False) -> None:
+    """Before ``fusion run`` writes a folder: refuse one that holds another run's checkpoints
+    (``overwrite`` moves them aside instead).
+
+    Raises:
+        RunFolderError: the folder holds checkpoints and ``overwrite`` is off.
+    """
+    if not has_history(run_dir):
+        return
+    if not overwrite:
+        raise RunFolderError(f"{run_dir} already holds a run (checkpoints or metrics): continue it with "
+                             f"`fusion resume {run_dir}`, choose another run_dir, or pass --overwrite "
+                             "(the old run is moved aside, not deleted)")
+    move_aside(run_dir, "--overwrite: a new run starts here")
+
+
+def start_fresh(run_dir: Path) -> None:
+    """A run restarting from step 0 in a folder with history: move the history aside."""
+    if has_history(run_dir):
+        move_aside(run_dir, "no usable checkpoint, training starts again from step 0")
+
+
+def clean_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what interrupted writes leave (``.tmp-*`` checkpoint folders, ``.old-*`` folders
+    of a replaced save, ``.NAME.*`` temporary files of atomic writes); returns what went."""
+    gone = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name == LOCK_NAME or not p.name.startswith("."):
+                continue
+            if p.name.startswith((".tmp-", ".old-")) or (p.is_file() and p.name.count(".") >= 2):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                gone.append(p)
+    if gone:
+        log.info("removed %d leftovers of interrupted writes in %s", len(gone), run_dir)
+    return gone
