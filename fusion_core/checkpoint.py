@@ -204,7 +204,19 @@ def verify_checkpoint(path: Path) -> dict:
 
 
 def load_state(path: Path) -> dict:
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    """A checkpoint's training state, loaded with ``weights_only=True`` (tensors and plain
+    containers only).
+
+    Raises:
+        CheckpointError: the file holds other pickled objects; it is refused, not unpickled
+            (unpickling can run arbitrary code).
+    """
+    try:
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, ... depending on what the pickle holds
+        raise CheckpointError(f"{path / 'state.pt'} holds pickled objects other than tensors and plain "
+                              f"containers; refused ({type(e).__name__}): a checkpoint fusion-core wrote never "
+                              "does") from None
 
 
 def find_resumable(root: Path) -> Path | None:

@@ -247,12 +247,26 @@ def read_train_time(run_dir: Path) -> tuple[float, str]:
     return float(info.get("seconds", float("nan"))), info.get("machine", "")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged (tests and notebooks swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
     logger = logging.getLogger("fusion_core")
     logger.setLevel(level)
-    if not any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
-               for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
     if path is not None and not any(getattr(h, "baseFilename", None) == str(Path(path).resolve())

@@ -113,6 +113,7 @@ class TSEvalArgs:
     reference: bool = False
     long_factor: int = 0  # > 1: also score windows cut from series this many windows long
     seed: int = 0  # seeds the generated windows and the metric classifiers
+    progress: bool = True  # progress bars for sampling and scoring
 
     def __post_init__(self):
         _at_least(self, 1, "n", "repeats", "disc_iters", "pred_iters", "fid_iters", "batch")

@@ -141,6 +141,14 @@ def _read_table(path: Path):
     import pandas as pd
 
     if path.suffix == ".csv":
+        head = path.read_bytes()[:1 << 16]
+        try:
+            head.decode("utf-8")
+            binary = b"\x00" in head
+        except UnicodeDecodeError as e:
+            binary = e.start < len(head) - 4  # not a multi-byte character cut at the end of the sample
+        if binary:
+            raise ValueError("not a text CSV file (NUL bytes or bytes that are not UTF-8: a binary file?)")
         try:
             return pd.read_csv(path)
         except pd.errors.EmptyDataError:

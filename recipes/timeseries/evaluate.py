@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fusion_core import generation as gen
 from fusion_core.recipe import machine_description, parse_command, setup_logging
@@ -50,14 +51,17 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
         "lps": lambda s: metrics.predictive_score(r, f, "transformer", e.pred_iters, e.batch, s, dev),
         "fid": lambda s: metrics.context_fid(r, f, e.fid_iters, e.batch, seed=s, device=dev),
     }
-    out = {}
+    out, runs = {}, {}
+    jobs = [(name, k) for name in e.metrics if name in fns for k in range(e.repeats)]
+    for name, k in tqdm(jobs, desc="scoring", disable=not e.progress, leave=False):
+        runs.setdefault(name, []).append(fns[name](seed + k))
     for name in e.metrics:
         if name == "corr":
             out[name] = (metrics.correlational_score(r, f), 0.0)
         elif name == "jsd":
             out[name] = (metrics.marginal_jsd(r, f), 0.0)
         else:
-            out[name] = mean_ci95([fns[name](seed + k) for k in range(e.repeats)])
+            out[name] = mean_ci95(runs[name])
     return out
 
 
@@ -100,7 +104,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     shape = window_shape(c, splits)
     sampler = s.make(model.diffusion[MODALITY])
     t0 = time.time()
-    fake = gen.sample(model, MODALITY, e.n, shape, sampler, seed=e.seed, chunk=s.chunk, progress=True).numpy()
+    fake = gen.sample(model, MODALITY, e.n, shape, sampler, seed=e.seed, chunk=s.chunk, progress=e.progress).numpy()
     sample_s = time.time() - t0
     suffix = f"-{a.tag}" if a.tag else ""  # a tagged evaluation keeps its own files: runs side by side
     np.save(run_dir / f"eval_samples{suffix}.npy", fake)
@@ -113,7 +117,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         t0 = time.time()
         cond = s.make_conditional(model.diffusion[MODALITY])
         long = gen.sample_long(model, MODALITY, n_series, e.long_factor * L, shape, sampler, cond,
-                               resample=s.resample, seed=e.seed + 1, chunk=s.chunk, progress=True)
+                               resample=s.resample, seed=e.seed + 1, chunk=s.chunk, progress=e.progress)
         long_s = time.time() - t0
         cut = long.reshape(n_series * e.long_factor, L, shape[1]).numpy()[: e.n]
         # loaded data: the same held-out windows (they start anywhere in the series already)

@@ -94,14 +94,18 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
         parts = [values[b[i] : b[i + 1]] for i in range(3)]
         return Splits(*parts, [f"sin{i}" for i in range(sine_features)], parts[0])
     series = to_series(data if data is not None else source, time_column, columns)
-    values, observed = handle_missing(series.values, missing, series.columns)
-    levels = values
-    if transform != "none":
-        values = to_increments(values, transform, series.columns)
-        observed = observed[1:] & observed[:-1]
-    values, observed = flag_outliers(series, values, outliers, outlier_iqr, observed,
-                                     row_offset=int(transform != "none"))
-    cuts = chronological_split(len(values), split, length)
+    try:  # what is wrong with the data's contents, said with the data's name
+        values, observed = handle_missing(series.values, missing, series.columns)
+        levels = values
+        if transform != "none":
+            values = to_increments(values, transform, series.columns)
+            observed = observed[1:] & observed[:-1]
+        values, observed = flag_outliers(series, values, outliers, outlier_iqr, observed,
+                                         row_offset=int(transform != "none"))
+        cuts = chronological_split(len(values), split, length)
+    except ValueError as e:
+        name = source if data is None else f"the {type(data).__name__} given"
+        raise ValueError(f"{name}: {e}") from None
     parts = {name: (values[c], observed[c]) for name, c in zip(("train", "validation", "test"), cuts)}
     anchor = None
     if transform != "none":  # the last observed level of the training part, per feature
