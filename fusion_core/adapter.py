@@ -44,19 +44,45 @@ class Embedded:
 
 
 class Adapter(nn.Module, ABC):
-    """Base class of modality adapters. Subclasses set the three class attributes (or instance
-    attributes in ``__init__``) and implement the five methods.
+    """Base class of modality adapters: one modality's data in and out of the backbone.
+
+    The protocol — implement these five methods::
+
+        encode(raw) -> payload            user data (one item or a batch) to the loss's space;
+                                          raise ValueError naming what was expected
+        num_positions(payload) -> int     backbone positions one payload takes
+        embed(payloads, t=None) -> Embedded   (N, D) inputs; continuous adapters get the *noisy*
+                                          payloads and their diffusion steps t (n,)
+        head(hidden, embedded) -> ...     discrete: (N, vocab_size) logits for the N positions
+                                          the adapter scores (``embedded`` is None: those
+                                          positions include the one before its span); continuous:
+                                          one eps/x0/v prediction per payload, in payload shape
+        decode(payload) -> raw            back to user data
+
+    and declare these attributes (class or instance):
 
     Attributes:
-        name: the modality's name in layouts and batches.
-        kind: ``"discrete"`` or ``"continuous"``.
-        attention: ``"causal"`` or ``"bidirectional"`` among one segment's positions.
-        dim: backbone width D.
+        name: the modality's name in layouts, batches and configs.
+        kind: ``"discrete"`` (next-token loss) or ``"continuous"`` (diffusion loss).
+        attention: among one span's positions, ``"causal"`` or ``"bidirectional"``. Discrete
+            modalities must be causal: with bidirectional attention each position would see the
+            token it is trained to predict (the model refuses to build).
+        vocab_size: discrete only, the number of logits ``head`` returns.
+        end_token: discrete only, optional: the id ``head`` predicts after a span's last token,
+            so a span of this modality can end itself (generation hands back to the writer at it).
+        dim: backbone width D (set by ``__init__``).
+
+    Optional: ``drop_condition`` (classifier-free-guidance dropout, for the writer), ``config``
+    (what ``save_pretrained`` stores), and, for the writer that marks other modalities' spans,
+    ``begin_marker``, ``end_marker``, ``bos_id``, ``eos_id`` (see :mod:`fusion_core.generation`).
+    The conformance kit :mod:`fusion_core.modalities.testing` checks an adapter against all this.
     """
 
     name: str = ""
     kind: str = "continuous"
     attention: str = "bidirectional"
+    vocab_size: int | None = None
+    end_token: int | None = None
 
     def __init__(self, dim: int):
         super().__init__()
@@ -67,8 +93,17 @@ class Adapter(nn.Module, ABC):
         if not self.name:
             raise ValueError(f"{type(self).__name__} declares no name")
         check_modality(self)
-        if self.kind == "discrete" and not isinstance(getattr(self, "vocab_size", None), int):
-            raise ValueError(f"discrete adapter {self.name!r} must define an int vocab_size")
+        if self.kind == "discrete":
+            if not isinstance(getattr(self, "vocab_size", None), int) or self.vocab_size < 1:
+                raise ValueError(f"discrete adapter {self.name!r} must define an int vocab_size >= 1")
+            if self.attention != "causal":
+                raise ValueError(f"discrete adapter {self.name!r} declares attention={self.attention!r}: each "
+                                 "position would see the token it is trained to predict (the next-token loss "
+                                 "leaks); discrete modalities must use attention='causal'")
+            end = self.end_token
+            if end is not None and not (isinstance(end, int) and 0 <= end < self.vocab_size):
+                raise ValueError(f"discrete adapter {self.name!r}: end_token must be an id in "
+                                 f"[0, {self.vocab_size}), got {end!r}")
 
     # -- the protocol ---------------------------------------------------------------------
     @abstractmethod

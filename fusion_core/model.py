@@ -80,6 +80,12 @@ class LossOutput:
     timesteps: dict[str, Tensor] = field(default_factory=dict)  # per continuous span
 
 
+def _end_token(adapter: Adapter) -> int:
+    """A discrete adapter's end-of-span token id (-100 when it has none)."""
+    end = getattr(adapter, "end_token", None) if adapter.kind == "discrete" else None
+    return -100 if end is None else int(end)
+
+
 class FusionModel(nn.Module):
     """Backbone + adapters + diffusion processes.
 
@@ -277,18 +283,19 @@ class FusionModel(nn.Module):
                 embedded[name] = a.embed(x)
         out = self._backbone(layout, embedded)
         parts, counts = {}, {}
-        lm_targets = self._batch_lm_targets(batch)
         lm_counts = self._lm_counts(batch)
+        scored = self._scored(batch)  # per discrete modality: (positions it scores, their targets)
         for name, emb in embedded.items():
             a = self.adapters[name]
-            pred = a.head(layout.gather(out, name), emb)
             if a.kind == "discrete":
-                tgt = lm_targets.index_select(0, layout.index(name))
                 counts[name] = lm_counts[name]
                 if counts[name] == 0:
                     continue
-                total = F.cross_entropy(pred.float(), tgt, ignore_index=-100, reduction="sum")
+                where, tgt = scored[name]
+                pred = a.head(out.reshape(-1, out.shape[-1]).index_select(0, where), None)
+                total = F.cross_entropy(pred.float(), tgt, reduction="sum")
             else:
+                pred = a.head(layout.gather(out, name), emb)
                 diff, tt = self.diffusion[name], steps[name]
                 if all(p.shape == pred[0].shape for p in pred):  # weighted per-span MSE
                     span = diff.loss(torch.stack(pred), torch.stack(targets[name]), tt)
@@ -352,26 +359,44 @@ class FusionModel(nn.Module):
             cache["payloads"] = out
         return cache["payloads"]
 
-    def _batch_lm_targets(self, batch: Batch, host: bool = False) -> Tensor | None:
-        """:meth:`_lm_targets` of a batch, computed once (the trainer counts targets before the
-        loss uses them), on the CPU (``host``) or the model's device; None when the model has
-        no discrete modality."""
+    def _batch_lm_targets(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """:meth:`_lm_targets` of a batch on the CPU, computed once (the trainer counts targets
+        before the loss uses them); None when the model has no discrete modality."""
         cache = batch._derived
         if "lm_targets" not in cache:
             discrete = any(a.kind == "discrete" for a in self.adapters.values())
             cache["lm_targets"] = self._lm_targets(batch.layout, self._payloads(batch)) if discrete else None
-            cache["lm_targets_device"] = (None if cache["lm_targets"] is None
-                                          else to_device(cache["lm_targets"], self.device))
-        return cache["lm_targets" if host else "lm_targets_device"]
+        return cache["lm_targets"]
+
+    def _scored(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per discrete modality, the flat positions its head scores and their targets, on the
+        model's device (one host-to-device copy per batch)."""
+        cache = batch._derived
+        if "scored" not in cache:
+            out = {}
+            targets = self._batch_lm_targets(batch)
+            if targets is None:
+                cache["scored"] = out
+                return out
+            (tgt, scorer), names = targets, batch.layout.host.modality_names
+            for code, name in enumerate(names):
+                if self.adapters[name].kind == "discrete":
+                    where = torch.nonzero(scorer == code).flatten()
+                    out[name] = tuple(cat_to_device([where, tgt.index_select(0, where)], self.device))
+            cache["scored"] = out
+        return cache["scored"]
 
     def _lm_counts(self, batch: Batch) -> dict[str, int]:
         """Next-token targets per discrete modality, counted on the CPU once per batch (the
         trainer asks before the loss does)."""
         cache = batch._derived
         if "lm_counts" not in cache:
-            lm = self._batch_lm_targets(batch, host=True)
-            h = batch.layout.host
-            cache["lm_counts"] = {name: int((lm.index_select(0, h.index(name)) >= 0).sum())
+            targets = self._batch_lm_targets(batch)
+            if targets is None:
+                cache["lm_counts"] = {}
+                return cache["lm_counts"]
+            scorer, names = targets[1], batch.layout.host.modality_names
+            cache["lm_counts"] = {name: int((scorer == names.index(name)).sum())
                                   for name, a in self.adapters.items()
                                   if a.kind == "discrete" and name in self._payloads(batch)}
         return cache["lm_counts"]
@@ -394,9 +419,18 @@ class FusionModel(nn.Module):
                 cond = layout.scatter(emb.cond, name, cond)
         return self.backbone(h, layout, cond=cond)
 
-    def _lm_targets(self, layout: SequenceLayout, payloads: dict[str, list[Item]]) -> Tensor:
-        """``(B * L,)`` next-token id for every position that has one, else -100; built on the
-        CPU (the host copy of the layout), where counting them costs no GPU sync."""
+    def _lm_targets(self, layout: SequenceLayout, payloads: dict[str, list[Item]]) -> tuple[Tensor, Tensor]:
+        """Next-token targets ``(B * L,)`` (-100 where none) and which discrete modality's head
+        scores each position ``(B * L,)`` (an index into ``layout.modality_names``; -1 where
+        none); built on the CPU (the host copy of the layout), where counting costs no GPU sync.
+
+        The rules at modality boundaries (docs/writing-an-adapter.md): a position of a discrete
+        modality whose next position (same document) is a token of discrete modality M is scored
+        by M's head — inside a span of M, and at the marker that opens it, so entering M is
+        learnable; the last token of a span of M whose adapter has an ``end_token`` is scored by
+        M's head with that target — a span learns to end itself; positions of continuous
+        modalities, and positions followed by a continuous span, padding or another document,
+        have no target (Transfusion: no LM loss at the BOI position)."""
         h = layout.host
         B, L = h.batch_size, h.seq_len
         ids = torch.full((B * L,), -100, dtype=torch.long)
@@ -404,11 +438,23 @@ class FusionModel(nn.Module):
             if self.adapters[name].kind == "discrete":
                 ids.index_copy_(0, h.index(name), torch.cat([it.payload.cpu().long() for it in items]))
         ids = ids.view(B, L)
+        names = h.modality_names
+        discrete = torch.tensor([self.adapters[n].kind == "discrete" for n in names] + [False])  # [-1]: padding
+        ends = torch.tensor([_end_token(self.adapters[n]) for n in names] + [-100])
         m, d = h.modality, h.document
-        has_next = (m[:, :-1] == m[:, 1:]) & (d[:, :-1] == d[:, 1:]) & (d[:, :-1] >= 0)
+        is_discrete = discrete[m]  # padding's -1 reads the last entry
+        same_doc = (d[:, :-1] == d[:, 1:]) & (d[:, :-1] >= 0)
         tgt = torch.full((B, L), -100, dtype=torch.long)
-        tgt[:, :-1] = torch.where(has_next & (ids[:, 1:] >= 0), ids[:, 1:], -100)
-        return tgt.view(-1)
+        scorer = torch.full((B, L), -1, dtype=torch.long)
+        into = is_discrete[:, :-1] & same_doc & is_discrete[:, 1:]  # a discrete position before a token
+        tgt[:, :-1] = torch.where(into, ids[:, 1:], -100)
+        scorer[:, :-1] = torch.where(into, m[:, 1:], -1)
+        continues = torch.zeros(B, L, dtype=torch.bool)
+        continues[:, :-1] = same_doc & (m[:, 1:] == m[:, :-1])
+        last = is_discrete & ~continues & (ends[m] >= 0)  # the last token of a span that can end itself
+        tgt = torch.where(last, ends[m], tgt)
+        scorer = torch.where(last, m, scorer)
+        return tgt.view(-1), scorer.view(-1)
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -472,15 +518,19 @@ class FusionModel(nn.Module):
         return out.reshape(B * n, self.dim)
 
     @torch.no_grad()
-    def token_step(self, ids: Tensor, cache: KVCache, modality: str, rows: Tensor | None = None) -> Tensor:
-        """Append one token of discrete ``modality`` per row ``(B,)`` to the cache; return that
-        modality's next-token logits ``(B, V)``. ``rows`` ``(B,)`` bool marks the rows that
-        really take a token (others get a padding position that nothing attends to)."""
-        a = self.adapter(modality)
-        if a.kind != "discrete":
-            raise ValueError(f"token_step needs a discrete modality; {modality!r} is {a.kind}")
+    def token_step(self, ids: Tensor, cache: KVCache, modality: str, rows: Tensor | None = None,
+                   head: str | None = None) -> Tensor:
+        """Append one token of discrete ``modality`` per row ``(B,)`` to the cache; return the
+        next-token logits ``(B, V)`` of ``head`` (default: the same modality) — the modality
+        that scores the next position (after the marker that opens a span of discrete M, M).
+        ``rows`` ``(B,)`` bool marks the rows that really take a token (others get a padding
+        position that nothing attends to)."""
+        a, scorer = self.adapter(modality), self.adapter(head or modality)
+        if a.kind != "discrete" or scorer.kind != "discrete":
+            raise ValueError(f"token_step needs discrete modalities; {modality!r} is {a.kind}, "
+                             f"{scorer.name!r} is {scorer.kind}")
         emb = a.embed(list(ids.view(-1, 1).to(self.device)))
-        return a.head(self._run_block(a, emb, ids.numel(), cache, commit=True, rows=rows), emb)
+        return scorer.head(self._run_block(a, emb, ids.numel(), cache, commit=True, rows=rows), None)
 
     @torch.no_grad()
     def denoise_step(self, x_t: Tensor, t: Tensor, cache: KVCache, modality: str) -> Tensor:

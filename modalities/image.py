@@ -166,7 +166,10 @@ class ImageAdapter(Adapter):
             ValueError: wrong rank or channel count, sides not divisible by the patch size,
                 non-float or non-finite values, values outside the stated range.
         """
-        x = torch.as_tensor(np.asarray(raw)) if not isinstance(raw, Tensor) else raw
+        try:
+            x = torch.as_tensor(np.asarray(raw)) if not isinstance(raw, Tensor) else raw
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"image must be a (C, H, W) float array or tensor, got {type(raw).__name__} ({e})") from None
         if x.ndim == 4:
             return torch.stack([self.encode(im) for im in x]) if len(x) else x.float()
         if x.ndim != 3:

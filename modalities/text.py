@@ -3,7 +3,7 @@
 Transfusion (sec. 3.1) uses Llama-2's BPE; for runs that need no files we ship a byte-level
 tokenizer (256 byte ids + specials). Any ``tokenizers``/HF tokenizer object can be wrapped with
 :class:`WrappedTokenizer`. Special tokens are appended after the base vocabulary: ``<pad>``,
-``<bos>``, ``<eos>`` and a begin/end marker per continuous modality (``<boi:image>``,
+``<bos>``, ``<eos>`` and a begin/end marker per modality whose spans text brackets (``<boi:image>``,
 ``<eoi:image>`` …) — the text adapter owns their meaning.
 """
 
@@ -67,8 +67,8 @@ class TextAdapter(Adapter):
     Args:
         dim: backbone width.
         tokenizer: ``"bytes"`` (default, no files) or a tokenizer object to wrap.
-        continuous: names of the continuous modalities that appear inside text (one BOI/EOI
-            pair each).
+        markers: names of the modalities whose spans appear inside text, continuous or discrete
+            (one ``<boi:M>`` / ``<eoi:M>`` pair each).
         tie_weights: share the embedding matrix with the LM head.
         name: the modality name (default ``"text"``).
     """
@@ -76,12 +76,12 @@ class TextAdapter(Adapter):
     kind = "discrete"
     attention = "causal"
 
-    def __init__(self, dim: int, tokenizer: Any = "bytes", continuous: Sequence[str] = ("image",),
+    def __init__(self, dim: int, tokenizer: Any = "bytes", markers: Sequence[str] = ("image",),
                  tie_weights: bool = False, name: str = "text", init_std: float = 0.02):
         super().__init__(dim)
-        self.name, self.continuous = name, tuple(continuous)
+        self.name, self.markers = name, tuple(markers)
         self.tie_weights, self.init_std = tie_weights, init_std
-        specials = _specials(continuous)
+        specials = _specials(self.markers)
         if tokenizer == "bytes":
             self.tokenizer = ByteTokenizer(specials)
         elif isinstance(tokenizer, str):
@@ -119,11 +119,11 @@ class TextAdapter(Adapter):
     # the writer protocol (fusion_core.generation): markers around other modalities' spans
     def begin_marker(self, modality: str) -> int | None:
         """Id of the token that opens a span of ``modality`` (``<boi:M>``), or None."""
-        return self.boi(modality) if modality in self.continuous else None
+        return self.boi(modality) if modality in self.markers else None
 
     def end_marker(self, modality: str) -> int | None:
         """Id of the token that closes a span of ``modality`` (``<eoi:M>``), or None."""
-        return self.eoi(modality) if modality in self.continuous else None
+        return self.eoi(modality) if modality in self.markers else None
 
     @property
     def bos_id(self) -> int:
@@ -194,5 +194,5 @@ class TextAdapter(Adapter):
 def _as_int_tensor(raw) -> Tensor:
     try:
         return torch.as_tensor(raw)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"text must be a str or a sequence of int ids, got {type(raw).__name__}") from e

@@ -16,7 +16,7 @@ class TestTextAdapter(AdapterConformance):
         return TextAdapter(dim)
 
     def make_raw(self, index):
-        return ["a handwritten seven", "the digit 3 — ünïcödé"][index]
+        return ["a handwritten seven", "the digit 3 — ünïcödé", "x", "a longer sentence, with commas"][index]
 
     def bad_raws(self):
         return [[1.5, 2.0], torch.tensor([0, 999]), [-1], "", [["nested"]], torch.tensor([True])]
@@ -101,7 +101,7 @@ def test_dotted_path_and_unknown_names():
 # -- adapter specifics ----------------------------------------------------------------------------
 
 def test_text_specials_and_condition_dropout():
-    text = TextAdapter(16, continuous=("image", "audio"))
+    text = TextAdapter(16, markers=("image", "audio"))
     ids = text.encode("hi", bos=True, append=["<boi:image>"])
     assert ids.tolist() == [text.special("<bos>"), 104, 105, text.boi("image")]
     assert text.drop_condition(ids).tolist() == [text.special("<bos>"), text.boi("image")]

@@ -16,7 +16,7 @@ from fusion_core.modalities.timeseries import TimeSeriesAdapter
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    words = TextAdapter(32, continuous=("picture", "sensor"), name="words")
+    words = TextAdapter(32, markers=("picture", "sensor"), name="words")
     picture = ImageAdapter(32, channels=1, name="picture")
     sensor = TimeSeriesAdapter(32, 2, name="sensor").fit(np.random.default_rng(0).normal(10, 2, (100, 2)))
     return FusionModel(TransformerArgs(dim=32, n_layers=2, n_heads=4), [words, picture, sensor],

@@ -123,7 +123,7 @@ def test_boi_position_has_no_lm_target():
     model, text, image = text_image_model()
     ex = caption_image(text, image, "a two", 0)
     batch = model.collate([ex])
-    tgt = model._lm_targets(batch.layout, model._payloads(batch)).view(1, -1)[0]
+    tgt = model._lm_targets(batch.layout, model._payloads(batch))[0].view(1, -1)[0]
     boi_pos = batch.layout.placements[0].stop - 1
     assert tgt[boi_pos] == -100  # BOI's output would predict an image patch, not a token
     assert tgt[boi_pos - 1] == text.boi("image")  # but the token before BOI predicts BOI

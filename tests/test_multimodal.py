@@ -51,7 +51,7 @@ def test_pair_layouts_and_noise_limiting(setup):
                         for s in range(30)])
     assert seen[:, 1::2].max() <= 500 and seen[:, 0::2].max() > 500  # only image-first spans limited
     # the BOI position (last of the first text segment) has no LM target
-    tgt = model._lm_targets(batch.layout, model._payloads(batch)).view(batch.layout.batch_size, -1)
+    tgt = model._lm_targets(batch.layout, model._payloads(batch))[0].view(batch.layout.batch_size, -1)
     boi = batch.layout.placements[0].stop - 1
     assert tgt[0, boi] == -100
 

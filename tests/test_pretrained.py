@@ -18,7 +18,7 @@ from fusion_core.modalities.timeseries import TimeSeriesAdapter
 
 def _model():
     torch.manual_seed(0)
-    words = TextAdapter(32, continuous=("picture", "sensor"), tie_weights=True, name="words")
+    words = TextAdapter(32, markers=("picture", "sensor"), tie_weights=True, name="words")
     picture = ImageAdapter(32, channels=1, design="unet", unet_channels=(8, 16), name="picture")
     sensor = TimeSeriesAdapter(32, 2, patch=2, name="sensor").fit(np.random.default_rng(0).normal(5, 3, (50, 2)))
     return FusionModel(TransformerArgs(dim=32, n_layers=2, n_heads=4, qk_norm=True), [words, picture, sensor],

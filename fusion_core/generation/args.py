@@ -84,11 +84,12 @@ class Generated:
     segments: list[tuple[str, Any]] = field(default_factory=list)
     stop: str = ""
     new_tokens: int = 0
+    writer: str = ""  # the writer's modality name: what :attr:`text` joins
 
     @property
     def text(self) -> str:
-        """All text segments, joined."""
-        return "".join(v for _, v in self.segments if isinstance(v, str))
+        """The writer's text segments, joined."""
+        return "".join(v for m, v in self.segments if isinstance(v, str) and (m == self.writer or not self.writer))
 
     def spans(self, modality: str) -> list:
         """The decoded spans of ``modality``."""

@@ -25,23 +25,26 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
              temperature: float = 0.0, top_k: int | None = None, force: str | None = None,
              max_spans: int = 1, seed: int = 0) -> list[Generated]:
     """Continue each prompt: text until the writer's ``<eos>`` or ``max_new_tokens``; a span of
-    modality M whenever a row emits ``<boi:M>`` (at most ``max_spans`` per row) or its prompt
-    ends with it.
+    modality M whenever a row emits ``<boi:M>`` (at most ``max_spans`` spans per row) or its
+    prompt ends with it. A continuous M is sampled against the cached prefix and committed clean;
+    a discrete M (one with an ``end_token``) is written token by token with M's head until M's
+    end token, then the writer's ``<eoi:M>`` is appended and the writer resumes.
 
     Args:
         prompts: per row, a string, a list of Items, or a list of segments (see :func:`interleave`).
-        sampler: the sampler of every span, or one per modality.
+        sampler: the sampler of every continuous span, or one per modality.
         shapes: per continuous modality, the payload shape of a span it draws; a begin marker
-            of a modality not named here is written as an ordinary token.
+            of a continuous modality not named here is written as an ordinary token.
         writer: the discrete adapter that writes (default: the only one with markers).
-        guidance: classifier-free guidance scale for spans (the unconditional branch is the
-            writer's ``drop_condition`` of the row's text); None = off.
-        max_new_tokens: tokens each row may write (spans do not count).
+        guidance: classifier-free guidance scale for continuous spans (the unconditional branch
+            is the writer's ``drop_condition`` of the row's text); None = off.
+        max_new_tokens: tokens each row may write, in any discrete modality (continuous spans
+            do not count).
         max_len: a cap on each row's positions (prompt, text and spans); default none: the KV
             cache grows as needed and ``max_new_tokens`` is always honoured. A row that reaches
             the cap ends early and :attr:`Generated.stop` says ``"max_len"``.
         force: start every row with a span of this modality.
-        seed: seeds the span noise and text sampling.
+        seed: seeds the span noise and token sampling.
 
     Returns:
         One :class:`Generated` per prompt.
@@ -55,11 +58,15 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
     for m in shapes:
         if model.adapter(m).kind != "continuous" or w.begin_marker(m) is None:
             raise ValueError(f"shapes names {m!r}: not a continuous modality that writer {w.name!r} marks")
+    spans = {w.begin_marker(m): m for m in shapes}  # continuous modalities given a shape
+    spans.update({w.begin_marker(m): m for m, a in model.adapters.items()  # discrete ones that can end
+                  if m != w.name and a.kind == "discrete" and a.end_token is not None
+                  and w.begin_marker(m) is not None})
     if force is not None:
-        if force not in shapes:
-            raise ValueError(f"force={force!r} needs its span shape in shapes")
+        if force not in spans.values():
+            raise ValueError(f"force={force!r}: not a modality this call can draw (a continuous one needs "
+                             f"its shape in shapes; a discrete one an end_token); can draw {sorted(spans.values())}")
         items = [_with_begin(it, w, force) for it in items]
-    begin = {w.begin_marker(m): m for m in shapes}  # only modalities given a shape start spans
     longest = max(_positions(model, it) for it in items)
     if max_len is not None and longest > max_len:
         raise ValueError(f"a prompt of {longest} positions exceeds max_len={max_len}")
@@ -67,24 +74,29 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
     g = torch.Generator().manual_seed(seed)
     B = len(items)
     cache, last = model.prefill(items, max_len=longest + max_new_tokens + 1)
-    logits = w.head(last, None)
-    out = [Generated() for _ in range(B)]
+    out = [Generated(writer=w.name) for _ in range(B)]
     pieces: list[list[int]] = [[] for _ in range(B)]
     row_ids = [_writer_ids(it, w).tolist() for it in items]
     spans_done = [0] * B
-    done = torch.zeros(B, dtype=torch.bool)
-    want: list[str | None] = [None] * B
+    done = [False] * B
+    want: list[str | None] = [None] * B  # a continuous span this row asked for
+    mode = [w.name] * B  # the discrete modality writing in each row
     for b, it in enumerate(items):  # a prompt that ends with <boi:M> asks for a span of M at once
         if max_spans > 0 and it[-1].modality == w.name:
-            want[b] = begin.get(int(it[-1].payload.reshape(-1)[-1]))
+            m = spans.get(int(it[-1].payload.reshape(-1)[-1]))
+            if m is not None and model.adapter(m).kind == "continuous":
+                want[b] = m
+            elif m is not None:
+                mode[b] = m
+    logits = [model.adapter(mode[b]).head(last[b : b + 1], None)[0] for b in range(B)]
     steps = 0
-    while not done.all():
+    while not all(done):
         waiting = sorted({m for b, m in enumerate(want) if m is not None and not done[b]})
         if waiting:  # diffusion mode, one modality at a time, for the rows that asked for it
             for m in waiting:
                 rows = torch.tensor([want[b] == m and not done[b] for b in range(B)])
                 want = [None if rows[b] else want[b] for b in range(B)]
-                need = _span_positions(model, m, _per_modality(shapes, m, "shape")) + 1  # span, end marker
+                need = _span_positions(model, m, shapes[m]) + 1  # the span and its end marker
                 if cache.length + need > cap:
                     for b in torch.nonzero(rows).flatten().tolist():
                         done[b], out[b].stop = True, "max_len"
@@ -99,13 +111,14 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
                 model.commit_span(x, cache, m, rows=rows)
                 a = model.adapter(m)
                 for b in torch.nonzero(rows).flatten().tolist():
-                    _flush(out[b], pieces[b], w)
+                    _flush(out[b], pieces[b], w.name, w)
                     out[b].segments.append((m, a.decode(x[b].cpu())))
                     spans_done[b] += 1
                     row_ids[b] += [w.begin_marker(m), w.end_marker(m)]
                 nxt = torch.where(rows, torch.full((B,), w.end_marker(m)), torch.full((B,), w.eos_id))
                 after = model.token_step(nxt, cache, w.name, rows=rows)
-                logits = torch.where(rows.to(after.device)[:, None], after, logits)  # others keep theirs
+                for b in torch.nonzero(rows).flatten().tolist():  # others keep theirs
+                    logits[b] = after[b]
             continue
         if steps >= max_new_tokens or cache.length + 1 > cap:
             reason = "max_new_tokens" if steps >= max_new_tokens else "max_len"
@@ -114,31 +127,62 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
                     done[b], out[b].stop = True, reason
             break
         cache.reserve(1)
-        tok = _pick(logits, temperature, top_k, g).cpu()
-        tok = torch.where(done, torch.full_like(tok, w.eos_id), tok)
-        for b in range(B):
-            if done[b]:
-                continue
-            t = int(tok[b])
-            out[b].new_tokens += 1
-            if t == w.eos_id:
-                done[b], out[b].stop = True, "eos"
-            elif t in begin and spans_done[b] < max_spans:
-                want[b] = begin[t]
-            else:
-                pieces[b].append(t)
-                row_ids[b].append(t)
-        active = ~done | torch.tensor([m is not None for m in want])
-        logits = model.token_step(tok, cache, w.name, rows=active)
+        feeds: dict[tuple[str, str], dict[int, int]] = {}  # (embedded as, scored by) → row → token
+        for name in sorted(set(mode[b] for b in range(B) if not done[b])):
+            rows_m = [b for b in range(B) if not done[b] and mode[b] == name]
+            picked = _pick(torch.stack([logits[b] for b in rows_m]), temperature, top_k, g).cpu()
+            for b, t in zip(rows_m, picked.tolist()):
+                out[b].new_tokens += 1
+                feed = _advance(model, w, b, t, mode, pieces, row_ids, spans, spans_done, max_spans, want, out)
+                if feed is None:
+                    done[b], out[b].stop = True, "eos"
+                else:
+                    feeds.setdefault(feed[:2], {})[b] = feed[2]
+        for (embed_as, head), toks in feeds.items():  # one cached step per kind of input and head
+            ids = torch.tensor([toks.get(b, 0) for b in range(B)])
+            rows = torch.tensor([b in toks for b in range(B)])
+            after = model.token_step(ids, cache, embed_as, rows=rows, head=head)
+            for b in toks:
+                logits[b] = after[b]
         steps += 1
     for b in range(B):
-        _flush(out[b], pieces[b], w)
+        _flush(out[b], pieces[b], mode[b], model.adapter(mode[b]))
     return out
 
 
-def _flush(gen: Generated, ids: list[int], w: Adapter) -> None:
+def _advance(model: FusionModel, w: Adapter, b: int, t: int, mode: list[str], pieces: list[list[int]],
+             row_ids: list[list[int]], spans: dict[int, str], spans_done: list[int], max_spans: int,
+             want: list, out: list[Generated]) -> tuple[str, str, int] | None:
+    """Row ``b`` picked token ``t`` in its mode: what to feed the model next as
+    ``(embedded as, scored by, token)``, or None when the row ends (``<eos>``)."""
+    if mode[b] != w.name:  # inside a span of a discrete modality
+        m = model.adapter(mode[b])
+        if t == m.end_token:  # the span ends itself: the writer closes it
+            _flush(out[b], pieces[b], m.name, m)
+            spans_done[b] += 1
+            row_ids[b] += [w.begin_marker(m.name), w.end_marker(m.name)]
+            mode[b] = w.name
+            return w.name, w.name, w.end_marker(m.name)
+        pieces[b].append(t)
+        return m.name, m.name, t
+    if t == w.eos_id:
+        return None
+    m = spans.get(t) if spans_done[b] < max_spans else None
+    if m is not None and model.adapter(m).kind == "continuous":
+        want[b] = m
+        return w.name, w.name, t
+    if m is not None:  # the marker opens a discrete span: its head scores the next position
+        _flush(out[b], pieces[b], w.name, w)
+        mode[b] = m
+        return w.name, m, t
+    pieces[b].append(t)
+    row_ids[b].append(t)
+    return w.name, w.name, t
+
+
+def _flush(gen: Generated, ids: list[int], name: str, adapter: Adapter) -> None:
     if ids:
-        gen.segments.append((w.name, w.decode(torch.tensor(ids))))
+        gen.segments.append((name, adapter.decode(torch.tensor(ids))))
         ids.clear()
 
 

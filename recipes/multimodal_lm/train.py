@@ -32,7 +32,7 @@ HELD_OUT_DIR = "heldout"  # your data's held-out examples, kept in the run folde
 
 def build_model(c: MMConfig) -> FusionModel:
     m = c.model
-    text = TextAdapter(m.dim, continuous=("image",))
+    text = TextAdapter(m.dim, markers=("image",))
     image = ImageAdapter(m.dim, channels=c.data.channels, patch_size=m.patch_size, design=m.image_design,
                          unet_channels=m.unet_channels, attention=m.image_attention)
     diffusion = GaussianDiffusion(m.schedule, m.T, m.prediction, m.weighting, m.snr_gamma)
