@@ -103,15 +103,17 @@ def load_weights(module: nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: missing keys {really_missing[:5]}")
 
 
-def publish_folder(final: Path, write: Callable[[Path], None], meta: dict | None = None) -> Path:
+def publish_folder(final: Path, write: Callable[[Path], None], meta: dict | None = None,
+                   tmp: Path | None = None) -> Path:
     """Create the folder ``final`` atomically: ``write(tmp)`` fills a temporary sibling, a
     ``manifest.json`` of every file's size and SHA-256 is added, everything is fsynced, and the
     folder is renamed into place (replacing an older ``final`` only after the new one is
     complete). A crash at any moment leaves the old folder or the new one, never a mix. ``meta``
-    is stored in the manifest beside the file list."""
+    is stored in the manifest beside the file list. ``tmp``: a temporary folder that already
+    holds files (other processes' shards), to publish instead of a fresh one."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    tmp = Path(tmp) if tmp is not None else Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
         write(tmp)
@@ -139,7 +141,7 @@ def publish_folder(final: Path, write: Callable[[Path], None], meta: dict | None
 
 def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
                     state: dict[str, Any], config_yaml: str, keep_last: int = 3,
-                    extra: dict[str, str] | None = None) -> Path:
+                    extra: dict[str, str] | None = None, tmp: Path | None = None) -> Path:
     """Write one checkpoint atomically and point ``latest`` at it.
 
     Args:
@@ -150,6 +152,7 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
             checkpoint of a later step, left by another history, is never touched).
         extra: more text files, name → contents (``model.json``: the checkpoint is then also a
             ``from_pretrained`` folder).
+        tmp: a temporary folder other processes already wrote shards into (sharded checkpoints).
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
@@ -162,7 +165,7 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
 
-    publish_folder(final, write, {"step": step})
+    publish_folder(final, write, {"step": step}, tmp=tmp)
     atomic_write_text(root / "latest", final.name + "\n")
     older = [p for p in list_checkpoints(root) if p.name < final.name]  # zero-padded: name order = step order
     for old in older[: max(len(older) - (keep_last - 1), 0)] if keep_last > 0 else []:

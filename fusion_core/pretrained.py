@@ -31,6 +31,7 @@ from .checkpoint import (CheckpointError, find_resumable, load_weights, publish_
                          state_dict_for_safetensors, verify_checkpoint)
 from .diffusion import GaussianDiffusion
 from .registry import adapter_class, class_ref
+from .sharded import is_sharded
 from .transformer import TransformerArgs
 
 if TYPE_CHECKING:
@@ -198,17 +199,38 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None,
         except CheckpointError as e:
             raise ValueError(f"cannot load: {e}") from None
     model = build_model(read_config(folder), adapter_kwargs)
-    _load_checked(model, folder / WEIGHTS_NAME)
-    ema = folder / EMA_NAME
-    if weights == "ema" and not ema.is_file():
-        raise ValueError(f"{folder}: no EMA weights saved (use weights='model' or 'auto')")
-    if weights != "model" and ema.is_file():
-        state = load_file(str(ema))
-        _check_shapes(model, state, ema)
-        model.load_state_dict({**model.state_dict(), **state})
+    if is_sharded(folder) and not (folder / WEIGHTS_NAME).is_file():
+        _load_sharded_weights(model, folder, weights)
+    else:
+        _load_checked(model, folder / WEIGHTS_NAME)
+        ema = folder / EMA_NAME
+        if weights == "ema" and not ema.is_file():
+            raise ValueError(f"{folder}: no EMA weights saved (use weights='model' or 'auto')")
+        if weights != "model" and ema.is_file():
+            state = load_file(str(ema))
+            _check_shapes(model, state, ema)
+            model.load_state_dict({**model.state_dict(), **state})
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+def _load_sharded_weights(model: "FusionModel", folder: Path, weights: str) -> None:
+    """A sharded (FSDP) training checkpoint read in this one process: the consolidated model
+    (``save_pretrained`` it to get a single safetensors file), EMA weights when saved and wanted."""
+    import torch.distributed.checkpoint as dcp
+
+    from .sharded import load_sharded
+
+    saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    has_ema = any(k.startswith("ema.") for k in saved)
+    if weights == "ema" and not has_ema:
+        raise ValueError(f"{folder}: no EMA weights saved (use weights='model' or 'auto')")
+    ema = ({k: v.clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+           if has_ema and weights != "model" else None)
+    load_sharded(folder, model, None, ema)
+    if ema is not None:
+        model.load_state_dict({**model.state_dict(), **ema})
 
 
 def _check_shapes(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:

@@ -40,6 +40,7 @@ from .metrics import MetricsLog
 from .model import Batch, FusionModel
 from .pretrained import model_config, save_pretrained
 from .runfolder import start_fresh
+from .sharded import is_sharded, load_sharded, save_sharded
 
 log = logging.getLogger("fusion_core")
 
@@ -169,8 +170,14 @@ class EMA:
         return {k: v.cpu().contiguous() for k, v in full.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Full tensors in; under FSDP each process keeps its shard of them."""
         for k, v in state.items():
-            self.shadow[k].copy_(v)
+            cur = self.shadow[k]
+            if hasattr(cur, "device_mesh"):  # a DTensor shard
+                from torch.distributed.tensor import distribute_tensor
+
+                v = distribute_tensor(v.to(cur.device, cur.dtype), cur.device_mesh, cur.placements)
+            cur.copy_(v)
 
     def copy_to(self, model: nn.Module) -> None:
         model.load_state_dict({**model.state_dict(), **self.shadow})
@@ -283,9 +290,13 @@ class Trainer:
         return self.info.enabled and self.args.strategy == "fsdp"
 
     def _full_states(self, optimizer: bool = True) -> tuple[dict, dict | None]:
-        """Full (unsharded, CPU) model and optimizer state dicts; collective under FSDP."""
+        """Full (unsharded, CPU) model and optimizer state dicts (the optimizer's keyed by
+        parameter name, as sharded checkpoints store it); collective under FSDP."""
         if not self._sharded:
-            return state_dict_for_safetensors(self.model), self.opt.state_dict() if optimizer else None
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            return (state_dict_for_safetensors(self.model),
+                    get_optimizer_state_dict(self.model, self.opt) if optimizer else None)
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
 
@@ -298,7 +309,15 @@ class Trainer:
         return json.dumps(model_config(self.model, {"step": self.step}), indent=1)
 
     def save(self) -> Path | None:
+        """Write a checkpoint: sharded under FSDP (every process its own shards, nothing
+        gathered; :mod:`fusion_core.sharded`), else safetensors weights + ``state.pt``."""
         rngs = all_gather_object(_rng_state(), self.info)
+        if self._sharded:
+            state = {"step": self.step, "train_seconds": self.train_seconds, "scheduler": self.sched.state_dict(),
+                     "rng": rngs, "world_size": self.info.world_size}
+            ema = self.ema.shadow if self.ema is not None else None
+            return save_sharded(self.ckpt_dir, self.step, self.model, self.opt, ema, state, self.config_yaml,
+                                self.args.keep_last, {"model.json": self._model_json()}, self.info)
         model_sd, opt_sd = self._full_states()
         ema_sd = self.ema.state_dict() if self.ema is not None else None
         if not self.info.is_main:
@@ -332,23 +351,27 @@ class Trainer:
         if path is None:
             return False
         state = load_state(path)
-        if self._sharded:
+        if is_sharded(path):  # saved by any number of processes, resharded to this run's
+            load_sharded(path, self.model, self.opt, self.ema.shadow if self.ema is not None else None, self.info)
+        else:
+            from safetensors.torch import load_file
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
 
-            from safetensors.torch import load_file
-
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, load_file(str(path / "model.safetensors")), options=opts)
-            set_optimizer_state_dict(self.model, self.opt, state["optimizer"], options=opts)
-        else:
-            load_weights(self.model, path / "model.safetensors")
-            self.opt.load_state_dict(state["optimizer"])
+            if self._sharded:
+                opts = StateDictOptions(full_state_dict=True)
+                set_model_state_dict(self.model, load_file(str(path / "model.safetensors")), options=opts)
+            else:
+                load_weights(self.model, path / "model.safetensors")
+            optim = state["optimizer"]
+            if isinstance(next(iter(optim.get("state", {})), ""), int):  # an older, id-keyed state
+                self.opt.load_state_dict(optim)
+            else:
+                set_optimizer_state_dict(self.model, self.opt, optim,
+                                         options=StateDictOptions(full_state_dict=self._sharded))
+            if self.ema is not None:
+                self.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
         self.sched.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            from safetensors.torch import load_file
-
-            self.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
         rngs = state["rng"]
         _set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
         self.step = int(state["step"])

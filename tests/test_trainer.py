@@ -170,3 +170,37 @@ def test_ema_tracks_weights():
     torch.testing.assert_close(ema.shadow["weight"], start + 1.0)
     ema.copy_to(m)
     torch.testing.assert_close(m.weight.detach(), start + 1.0)
+
+
+def _launch(nproc, *args, env=None):
+    """``fusion ARGS`` in nproc processes (torchrun for 2), in its own process group."""
+    prefix = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+              if nproc > 1 else [sys.executable])
+    return subprocess.Popen([*prefix, "-m", "fusion_core.cli", *args], env=env or ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_a_run_resumes_on_another_number_of_processes(straight, tmp_path, first, then):
+    """FSDP2 checkpoints are sharded (each process writes its own shards, nothing gathered) and
+    reshard on load: a run killed mid-way resumes on another number of processes and ends as the
+    uninterrupted one-process run does (float summation order aside)."""
+    p = _launch(first, "run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6",
+                "train.strategy=fsdp")
+    wait_for(lambda: (tmp_path / "checkpoints" / "step_00000012").is_dir(), p, timeout=120)
+    os.killpg(p.pid, signal.SIGKILL)  # the launcher and every worker
+    p.wait()
+    ck = tmp_path / "checkpoints" / "step_00000012"
+    assert (ck / ".metadata").is_file() == (first > 1)  # sharded when written by FSDP processes
+    r = _launch(then, "resume", str(tmp_path))
+    out = r.communicate(timeout=300)[0]
+    assert r.returncode == 0, out
+    one, resumed = losses(straight), losses(tmp_path)
+    assert sorted(resumed) == sorted(one)
+    assert max(abs(one[s] - resumed[s]) for s in one) < 1e-4 * max(one.values())
+    if first > 1:  # a sharded checkpoint loads offline, consolidated, in one process
+        from fusion_core import FusionModel
+
+        from_shards = FusionModel.from_pretrained(ck).state_dict()
+        one_proc = load_file(str(straight / "checkpoints" / "step_00000012" / "model.safetensors"))
+        assert max((from_shards[k] - one_proc[k]).abs().max().item() for k in one_proc) < 1e-4
