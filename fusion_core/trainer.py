@@ -135,8 +135,9 @@ def build_optimizer(model: nn.Module, args: OptimArgs, total_steps: int):
     """AdamW with weight decay on matrices only (not norms, biases, or 1-D embeddings)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    # the fused CUDA kernel: one launch for every parameter (plain CUDA tensors; not FSDP shards)
-    fused = all(p.is_cuda and not hasattr(p, "full_tensor") for p in decay + no_decay)
+    # the fused kernel (CUDA or CPU): one launch for every parameter, and a step it can skip on the
+    # device (found_inf); plain tensors only, not FSDP shards
+    fused = all(p.device.type in ("cuda", "cpu") and not hasattr(p, "full_tensor") for p in decay + no_decay)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, fused=fused or None,
@@ -248,6 +249,9 @@ class Trainer:
             self.wrapped.find_unused_parameters = True  # a rank's batch may lack a modality
         self.opt, self.sched = build_optimizer(self.model, args.optim, args.steps)
         self.ema = EMA(self.model, args.ema_decay) if args.ema_decay > 0 else None
+        self._fused = bool(self.opt.param_groups[0].get("fused"))
+        self._bad_step = torch.tensor(-1, device=self.info.device)  # first non-finite step since the last check
+        self._bad_values = torch.zeros(len(self.model.adapters) + 2, dtype=torch.float64, device=self.info.device)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.info.is_main)
         self.step = 0
         # wall seconds spent in fit() up to self.step, across resumes (kept in every checkpoint;
@@ -383,6 +387,11 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def train_step(self) -> dict:
+        """One optimizer step. Nothing here waits for the GPU: the loss, its parts and the
+        gradient norm stay on the device (:meth:`fit` reads them when it logs), and a step whose
+        loss or gradient is not finite is skipped on the device by the fused optimizer (its
+        ``found_inf``) and reported at the next log or checkpoint. Without a fused optimizer
+        (FSDP shards) the check is a host sync, as it costs nothing on a CPU."""
         model, info = self.model, self.info
         model.train()
         batches = [self.collate(model, ex, seeds) for ex, seeds in self.micro_batches(self.step)]
@@ -392,8 +401,12 @@ class Trainer:
                 local[self.modalities.index(name)] += n
             local[-2] += int((~b.layout.host.padding).sum())  # tokens
             local[-1] += len(b.examples)
-        total = all_reduce_sum(local.to(info.device), info).cpu() if info.enabled else local
-        normalize = {m: max(float(total[i]), 1.0) for i, m in enumerate(self.modalities)}
+        if info.enabled:  # global counts, kept on the device
+            total = all_reduce_sum(local.to(info.device), info)
+            normalize = {m: total[i].clamp(min=1.0).float() for i, m in enumerate(self.modalities)}
+        else:
+            total = local
+            normalize = {m: max(float(total[i]), 1.0) for i, m in enumerate(self.modalities)}
         sums = torch.zeros(len(self.modalities) + 1, dtype=torch.float64, device=info.device)
         for i, b in enumerate(batches):
             last = i == len(batches) - 1
@@ -409,32 +422,48 @@ class Trainer:
         clip = self.args.optim.grad_clip
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        # the step's one GPU sync: losses and gradient norm come back together, checked before
-        # any update (a non-finite loss part makes the gradient non-finite too)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
-        values = torch.cat([sums, grad_norm.detach().double().reshape(1).to(sums.device)]).cpu()
-        sums, grad_norm = values[:-1], values[-1]
-        if not torch.isfinite(values).all():
-            self.opt.zero_grad(set_to_none=True)
-            for i, name in enumerate(self.modalities):
-                if not torch.isfinite(sums[i]):
-                    raise TrainingDiverged(f"step {self.step}: loss part {name!r} is {sums[i].item()} "
-                                           "(no update applied)")
-            raise TrainingDiverged(f"step {self.step}: gradient norm is {grad_norm.item()} (no update applied)")
+        values = torch.cat([sums, grad_norm.detach().double().reshape(1).to(sums.device)])
+        finite = torch.isfinite(values).all()
         lr = self.opt.param_groups[0]["lr"]
+        if self._fused:  # skipped on the device when not finite: no sync
+            self.opt.found_inf = (~finite).float()  # 0-dim, like the step counters it adjusts
+            first = (~finite) & (self._bad_step < 0)
+            self._bad_step = torch.where(first, self.step, self._bad_step)
+            self._bad_values = torch.where(first, values, self._bad_values)
+        elif not bool(finite):
+            self._bad_step, self._bad_values = torch.tensor(self.step), values
+            self.opt.zero_grad(set_to_none=True)
+            self._check_finite()
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(model)
         self.step += 1
-        rec = {"step": self.step, "loss": float(sums[-1]), "lr": lr, "grad_norm": float(grad_norm),
-               "tokens": int(total[-2]), "samples": int(total[-1])}
+        return {"step": self.step, "lr": lr, "values": values, "total": total}
+
+    def _check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` if a step since the last check was not finite (a host
+        sync: called when logging, checkpointing and at the end)."""
+        step = int(self._bad_step)
+        if step < 0:
+            return
+        values = self._bad_values.cpu()
+        for i, name in enumerate(self.modalities):
+            if not torch.isfinite(values[i]):
+                raise TrainingDiverged(f"step {step}: loss part {name!r} is {values[i].item()} (no update applied)")
+        raise TrainingDiverged(f"step {step}: gradient norm is {values[-1].item()} (no update applied)")
+
+    def _record(self, rec: dict) -> dict:
+        """A step's record for the metrics log, read from the device (the step's one sync)."""
+        values, total = rec["values"].cpu(), rec["total"].cpu()
+        out = {"step": rec["step"], "loss": float(values[-2]), "lr": rec["lr"], "grad_norm": float(values[-1])}
         for i, m in enumerate(self.modalities):
             if total[i] > 0:
-                rec[f"loss/{m}"] = float(sums[i])
-        return rec
+                out[f"loss/{m}"] = float(values[i])
+        return out
 
     def fit(self, resume: bool = False) -> list[dict]:
         """Train to ``args.steps`` (from the latest good checkpoint with ``resume``)."""
@@ -447,21 +476,25 @@ class Trainer:
         records = []
         bar = tqdm(total=a.steps, initial=self.step, disable=not (a.progress and info.is_main),
                    desc="train", dynamic_ncols=True)
-        t_last, tok, smp = time.perf_counter(), 0, 0
+        t_last, counted = time.perf_counter(), torch.zeros(2, dtype=torch.float64)
         t_fit, seconds_before = t_last, self.train_seconds
         while self.step < a.steps:
             rec = self.train_step()
-            tok, smp = tok + rec.pop("tokens"), smp + rec.pop("samples")
+            counted = counted.to(rec["total"].device) + rec["total"][-2:]  # tokens, samples (device under DDP)
             if self.step % a.log_every == 0 or self.step == a.steps:
+                self._check_finite()
+                out = self._record(rec)
                 dt = time.perf_counter() - t_last
-                rec.update(tokens_per_s=tok / dt, samples_per_s=smp / dt, peak_mem_mb=_peak_mem_mb(info.device))
-                t_last, tok, smp = time.perf_counter(), 0, 0
-                self.metrics.write(rec)
-                records.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                tok, smp = counted.cpu().tolist()
+                out.update(tokens_per_s=tok / dt, samples_per_s=smp / dt, peak_mem_mb=_peak_mem_mb(info.device))
+                t_last, counted = time.perf_counter(), torch.zeros(2, dtype=torch.float64)
+                self.metrics.write(out)
+                records.append(out)
+                bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{out['tokens_per_s']:.0f}")
             bar.update(1)
             self.train_seconds = seconds_before + time.perf_counter() - t_fit
             if self.step % a.ckpt_every == 0 or self.step == a.steps:
+                self._check_finite()
                 self.save()
         bar.close()
         return records

@@ -147,6 +147,22 @@ def test_nan_loss_stops_with_step_and_part(tmp_path):
     assert torch.equal(before, t.model.adapters["text"].embedding.weight)  # no update applied
 
 
+def test_a_non_finite_step_is_skipped_on_the_device_and_reported_at_the_next_log(tmp_path):
+    """No host sync per step: a non-finite loss is found by the fused optimizer (``found_inf``),
+    which skips the update, and the trainer reports the first such step when it next logs."""
+    t = _trainer(tmp_path, log_every=4, ckpt_every=100, steps=8)
+    assert t._fused
+    with torch.no_grad():
+        t.model.adapters["image"].patch_out.weight.fill_(float("nan"))
+    before = {k: v.clone() for k, v in t.model.state_dict().items() if "patch_out" not in k}
+    with pytest.raises(TrainingDiverged, match=r"step 0: loss part 'image' is nan \(no update applied\)"):
+        t.fit()
+    assert t.step == 4  # found at the first log, four steps later
+    after = t.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # none of the four steps updated anything
+    assert not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text().strip()
+
+
 def test_batch_size_must_split_over_accumulation():
     with pytest.raises(ValueError, match="multiple of grad_accum"):
         _trainer(Path("/tmp/unused"), batch_size=3, grad_accum=2)
