@@ -56,6 +56,18 @@ class Batch:
     seeds: list[int] | None = None
     _derived: dict = field(default_factory=dict, repr=False, compare=False)  # per-batch caches
 
+    def pin_memory(self) -> "Batch":
+        """Payloads in pinned host memory, for non-blocking copies (``DataLoader(pin_memory=True)``)."""
+        pinned = [[Item(it.modality, it.payload.pin_memory(), it.max_t) for it in ex] for ex in self.examples]
+        keep = {k: v for k, v in self._derived.items() if k in ("lm_targets", "lm_counts")}  # host-only caches
+        return Batch(pinned, self.layout, self.seeds, keep)
+
+    def to(self, device) -> "Batch":
+        """The layout on ``device`` (one copy; payloads move when the loss uses them). Host-side
+        caches (targets, counts) carry over: they describe the same batch."""
+        keep = {k: v for k, v in self._derived.items() if k in ("payloads", "lm_targets", "lm_counts")}
+        return Batch(self.examples, self.layout.to(device), self.seeds, keep)
+
 
 def _move(tensors: list[Tensor], device: torch.device) -> list[Tensor]:
     """Tensors to ``device``, host ones of a common dtype in one copy (no GPU sync)."""
@@ -193,8 +205,9 @@ class FusionModel(nn.Module):
     # -- batches ------------------------------------------------------------------------------
     def collate(self, examples: Sequence[Sequence[Item]], max_len: int | None = None,
                 pack: bool = False, pad_to_multiple: int = 1, rng: random.Random | None = None,
-                seeds: Sequence[int] | None = None) -> Batch:
-        """Lay out encoded examples. In training mode, applies CFG condition dropout (drawn from
+                seeds: Sequence[int] | None = None, device: torch.device | str | None = None) -> Batch:
+        """Lay out encoded examples (the layout on ``device``, default the model's; data-loading
+        workers build it on the CPU). In training mode, applies CFG condition dropout (drawn from
         ``rng``, or per example from ``seeds``)."""
         examples = [list(ex) for ex in examples]
         for i, ex in enumerate(examples):
@@ -212,7 +225,7 @@ class FusionModel(nn.Module):
         segments = [[Segment(it.modality, self.adapters[it.modality].num_positions(it.payload),
                              it.payload) for it in ex] for ex in examples]
         layout = build_layout(segments, self.adapters, max_len=max_len, pack=pack,
-                              pad_to_multiple=pad_to_multiple, device=self.device)
+                              pad_to_multiple=pad_to_multiple, device=self.device if device is None else device)
         return Batch(examples, layout, list(seeds) if seeds is not None else None)
 
     def _drop_condition(self, example: list[Item]) -> list[Item]:

@@ -33,8 +33,27 @@ class RunFolderError(ValueError):
     """The run folder cannot be used as asked (in use, or holding another run)."""
 
 
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_inherited() -> None:
+    """In a forked child (a data-loading worker): drop the copies of the parent's lock
+    descriptors, so the lock dies with the process that took it, not with its last child."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited)
+
+
 class RunLock:
     """An exclusive lock on a run folder for the life of this process (or until :meth:`release`).
+    Children the process forks (data-loading workers) do not keep it alive.
 
     Raises:
         RunFolderError: another live process holds it (the message names its pid, host, command
@@ -44,7 +63,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             import fcntl
 
@@ -61,9 +80,11 @@ class RunLock:
                 f"since {datetime.now():%Y-%m-%d %H:%M:%S})")
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, info.encode(), 0)
+        _HELD.add(self._fd)
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None

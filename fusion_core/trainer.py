@@ -87,14 +87,23 @@ class TrainArgs:
     seed: int = 0
     deterministic: bool = False
     compile: bool = False  # compile each transformer block (Transformer.compile_blocks)
+    # recompute each block's activations in the backward pass instead of keeping them: memory for
+    # longer rows or larger models at about a third more compute
+    activation_checkpointing: bool = False
+    # data-loading worker processes that collate each step's micro-batches ahead of the training
+    # loop (0 = in the loop); batches are a function of (seed, step), so resume stays exact
+    workers: int = 0
+    prefetch: int = 2  # steps each worker keeps ready
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     strategy: str = "ddp"  # ddp | fsdp (multi-process only)
     device: str = "auto"
 
     def __post_init__(self):
-        for key in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
+        for key in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "prefetch"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.workers < 0:
+            raise ValueError(f"train.workers must be >= 0, got {self.workers}")
         if self.keep_last < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(f"need train.keep_last >= 0 and train.ema_decay in [0, 1), got "
                              f"{self.keep_last}, {self.ema_decay}")
@@ -241,6 +250,7 @@ class Trainer:
         self.config_yaml = config_yaml
         if args.compile:
             self.model.backbone.compile_blocks()
+        self.model.backbone.activation_checkpointing = args.activation_checkpointing
         self.wrapped = wrap_model(self.model, self.info, args.strategy) if self.info.enabled else self.model
         # build the model with the same seed on every rank (FSDP shards, it does not broadcast);
         # from here on each rank gets its own stream (dropout), offset by rank
@@ -287,6 +297,24 @@ class Trainer:
             seeds = [self.args.seed * 1_000_003 + p for p in mine]
             out.append(([self._example(p) for p in mine], seeds))
         return out
+
+    def collated(self, step: int) -> list[Batch]:
+        """Step ``step``'s micro-batches of this process, collated."""
+        return [self.collate(self.model, ex, seeds) for ex, seeds in self.micro_batches(step)]
+
+    def _steps(self):
+        """Each remaining step's collated micro-batches, in order: built here, or by
+        ``train.workers`` processes ahead of the loop (pinned, then copied without blocking)."""
+        if self.args.workers == 0:
+            for step in range(self.step, self.args.steps):
+                yield self.collated(step)
+            return
+        loader = torch.utils.data.DataLoader(
+            _StepBatches(self), batch_size=None, sampler=range(self.step, self.args.steps),
+            num_workers=self.args.workers, prefetch_factor=self.args.prefetch,
+            pin_memory=self.info.device.type == "cuda", persistent_workers=False)
+        for batches in loader:
+            yield [b.to(self.info.device) for b in batches]
 
     # -- checkpoints ------------------------------------------------------------------------------
     @property
@@ -386,7 +414,7 @@ class Trainer:
         return True
 
     # -- the loop ---------------------------------------------------------------------------------
-    def train_step(self) -> dict:
+    def train_step(self, batches: list[Batch] | None = None) -> dict:
         """One optimizer step. Nothing here waits for the GPU: the loss, its parts and the
         gradient norm stay on the device (:meth:`fit` reads them when it logs), and a step whose
         loss or gradient is not finite is skipped on the device by the fused optimizer (its
@@ -394,7 +422,7 @@ class Trainer:
         (FSDP shards) the check is a host sync, as it costs nothing on a CPU."""
         model, info = self.model, self.info
         model.train()
-        batches = [self.collate(model, ex, seeds) for ex, seeds in self.micro_batches(self.step)]
+        batches = self.collated(self.step) if batches is None else batches
         local = torch.zeros(len(self.modalities) + 2, dtype=torch.float64)
         for b in batches:  # counted on the CPU copy of each layout: no GPU sync
             for name, n in model.target_counts(b).items():
@@ -478,8 +506,10 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         t_last, counted = time.perf_counter(), torch.zeros(2, dtype=torch.float64)
         t_fit, seconds_before = t_last, self.train_seconds
+        self.model.train()  # before any worker starts: collation reads the mode (CFG dropout)
+        steps = self._steps()
         while self.step < a.steps:
-            rec = self.train_step()
+            rec = self.train_step(next(steps))
             counted = counted.to(rec["total"].device) + rec["total"][-2:]  # tokens, samples (device under DDP)
             if self.step % a.log_every == 0 or self.step == a.steps:
                 self._check_finite()
@@ -498,6 +528,38 @@ class Trainer:
                 self.save()
         bar.close()
         return records
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``s``: the collated micro-batches of step ``s``, built in a data-loading worker with
+    layouts on the CPU and host-side targets counted (the loop then only copies)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def __len__(self) -> int:
+        return self.trainer.args.steps
+
+    def __getitem__(self, step: int) -> list[Batch]:
+        t = self.trainer
+        host = _HostCollate(t.model)
+        batches = [t.collate(host, ex, seeds) for ex, seeds in t.micro_batches(step)]
+        for b in batches:
+            t.model.target_counts(b)  # fills the batch's host-side caches
+        return batches
+
+
+class _HostCollate:
+    """The model as a worker's collate function sees it: ``collate`` builds layouts on the CPU."""
+
+    def __init__(self, model: FusionModel):
+        self._model = model
+
+    def collate(self, *args, **kwargs) -> Batch:
+        return self._model.collate(*args, device="cpu", **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
 
 
 def _peak_mem_mb(device: torch.device) -> float:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -262,6 +263,8 @@ class Transformer(nn.Module):
         )
         self.reset_parameters()
 
+    activation_checkpointing = False  # set by train.activation_checkpointing
+
     def compile_blocks(self, **compile_kwargs) -> "Transformer":
         """Compile each block's :meth:`Block.pre` and :meth:`Block.post` in place (regional
         compilation: every block runs the same code on the same shapes, so the graphs are built
@@ -323,7 +326,11 @@ class Transformer(nn.Module):
             return attend(q, k, v, mask, impl)
 
         for layer in self.layers:
-            h = layer(h, cond, rope, attend_fn)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only each block's input; recompute its inside in the backward pass
+                h = torch.utils.checkpoint.checkpoint(layer, h, cond, rope, attend_fn, use_reentrant=False)
+            else:
+                h = layer(h, cond, rope, attend_fn)
         return self._finish(h, cond)
 
     @torch.no_grad()

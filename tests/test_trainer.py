@@ -220,3 +220,15 @@ def test_a_run_resumes_on_another_number_of_processes(straight, tmp_path, first,
         from_shards = FusionModel.from_pretrained(ck).state_dict()
         one_proc = load_file(str(straight / "checkpoints" / "step_00000012" / "model.safetensors"))
         assert max((from_shards[k] - one_proc[k]).abs().max().item() for k in one_proc) < 1e-4
+
+
+def test_worker_processes_collate_the_same_batches(straight, tmp_path):
+    """train.workers=2: batches are collated in data-loading processes ahead of the loop; the
+    run is the same run (and resumes exactly after a kill, as batches are a function of the step)."""
+    p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6", "train.workers=2")
+    wait_for(lambda: (tmp_path / "checkpoints" / "step_00000012").is_dir(), p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    r = fusion("resume", str(tmp_path))
+    assert r.wait() == 0, r.stdout.read()
+    _assert_same_run(straight, tmp_path)
