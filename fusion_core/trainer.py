@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import ExampleStream
 from .checkpoint import (find_resumable, load_state, load_weights, save_checkpoint,
                          state_dict_for_safetensors)
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, wrap_model
@@ -224,7 +225,8 @@ class Trainer:
 
     Args:
         model: the model (unwrapped; the trainer wraps it for DDP/FSDP).
-        dataset: ``dataset[i]`` is one example (what ``collate`` takes).
+        dataset: ``dataset[i]`` is one example (what ``collate`` takes), reshuffled every epoch;
+            or an :class:`~fusion_core.data.ExampleStream` for data read in order from disk.
         collate: ``collate(model, examples, seeds) -> Batch`` (packing, max length).
         args: :class:`TrainArgs`.
         run_dir: where metrics, checkpoints and the config go.
@@ -241,7 +243,7 @@ class Trainer:
         if per_micro != int(per_micro) or per_micro < 1:
             raise ValueError(f"batch_size={args.batch_size} must be a positive multiple of "
                              f"grad_accum x processes = {args.grad_accum} x {self.info.world_size}")
-        if len(dataset) == 0:
+        if not isinstance(dataset, ExampleStream) and len(dataset) == 0:
             raise ValueError("the training dataset is empty")
         self.model = model.to(self.info.device)
         self.dataset, self.collate, self.args = dataset, collate, args
@@ -278,6 +280,10 @@ class Trainer:
         return list(range(step * bs, (step + 1) * bs))
 
     def _example(self, position: int):
+        if isinstance(self.dataset, ExampleStream):  # read in order, by this process's own cursor
+            if "_cursor" not in self.__dict__:
+                self._cursor = self.dataset.cursor()
+            return self._cursor.get(position)
         n = len(self.dataset)
         epoch, i = divmod(position, n)
         perm = self.__dict__.setdefault("_perms", {})

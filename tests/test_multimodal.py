@@ -201,3 +201,22 @@ def test_examples_from_python_and_from_an_hf_folder(tmp_path):
     losses = [[__import__("json").loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()]
               for r in (run, run2, run3)]
     assert losses[0] == losses[1] == losses[2]  # the same examples, however they arrived
+
+
+def test_jsonl_shards_stream_through_training_and_hold_every_kth_example_out(tmp_path):
+    """data.streaming: shards read during training (not encoded up front), in data-loading
+    workers; every 5th record (data.held_out=0.2) is held out and kept for evaluation."""
+    rng = np.random.default_rng(0)
+    for s in range(2):
+        lines = []
+        for i in range(20):
+            name = f"s{s}_{i}.png"
+            Image.fromarray((rng.uniform(size=(8, 8)) * 255).astype(np.uint8)).save(tmp_path / name)
+            lines.append(f'{{"segments": [{{"text": "picture {i % 4}"}}, {{"image": "{name}"}}]}}')
+        (tmp_path / f"shard{s}.jsonl").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    assert main(["run", "multimodal_lm", "--preset", "tiny", f"run_dir={run}", f"data.source={tmp_path}/shard*.jsonl",
+                 "data.streaming=true", "data.held_out=0.2", "train.workers=2", "eval.sample.steps=2"]) == 0
+    res = __import__("json").loads((run / "eval.json").read_text())
+    assert res["heldout_examples"] == 8 and res["heldout_image_mse"] > 0
+    assert "streaming 2 JSONL shard(s)" in (run / "train.log").read_text()

@@ -232,3 +232,27 @@ def test_worker_processes_collate_the_same_batches(straight, tmp_path):
     r = fusion("resume", str(tmp_path))
     assert r.wait() == 0, r.stdout.read()
     _assert_same_run(straight, tmp_path)
+
+
+def test_a_stream_is_read_once_per_epoch_across_processes_and_workers(tmp_path):
+    """JSONL shards too large for memory go through ExampleStream: over one epoch, 2 processes x
+    2 data-loading workers encode every example exactly once; the losses equal one process's."""
+    for s in range(3):
+        lines = [json.dumps({"id": 16 * s + i, "text": f"example number {16 * s + i}"}) for i in range(16)]
+        (tmp_path / f"shard{s}.jsonl").write_text("\n".join(lines) + "\n")
+    script = Path(__file__).parent / "stream_worker.py"
+    runs = {}
+    for name, nproc, workers in (("one", 1, 0), ("four", 2, 2)):
+        run = tmp_path / name
+        run.mkdir()
+        prefix = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                  if nproc > 1 else [sys.executable])
+        r = subprocess.run([*prefix, str(script), str(tmp_path / "shard*.jsonl"), str(run), "6", str(workers)],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        runs[name] = run
+    seen = [json.loads(x) for f in runs["four"].glob("seen-*.jsonl") for x in f.read_text().splitlines()]
+    assert sorted(s["id"] for s in seen) == list(range(48))  # 6 steps x 8 = one epoch, each once
+    assert len({f.name for f in runs["four"].glob("seen-*.jsonl")}) == 4  # read by 2 x 2 workers
+    one, four = losses(runs["one"]), losses(runs["four"])
+    assert max(abs(one[s] - four[s]) for s in one) < 1e-4 * max(one.values())

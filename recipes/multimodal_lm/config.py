@@ -42,6 +42,9 @@ class MMDataArgs:
     image_size: int = 8  # images are image_size x image_size (digits: 8)
     channels: int = 1  # 1 = grayscale, 3 = RGB
     held_out: float = 0.05  # your data: share of examples kept out of training for `fusion evaluate`
+    # your data, too large to encode up front: JSONL shards (data.source=shards/*.jsonl) or hf:
+    # read as training goes, in order (every k-th record held out, k = 1 / data.held_out)
+    streaming: bool = False
 
     def __post_init__(self):
         for key in ("examples", "max_len", "prose_chunk", "image_size"):

@@ -108,20 +108,26 @@ def load_jsonl(path: str | Path, channels: int = 1, size: int | None = None) -> 
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-        segs = rec.get("segments") if isinstance(rec, dict) else None
-        if not isinstance(segs, list) or not segs:
-            raise ValueError(f'{path}:{n}: expected {{"segments": [{{"text": ...}} or {{"image": ...}}, ...]}}')
-        ex = []
-        for j, seg in enumerate(segs):
-            if isinstance(seg, dict) and "text" in seg:
-                ex.append(seg["text"])
-            elif isinstance(seg, dict) and "image" in seg:
-                ex.append(read_image(path.parent / seg["image"], channels, where=f"{path}:{n} segment {j}"))
-            else:
-                raise ValueError(f"{path}:{n} segment {j}: expected {{'text': str}} or {{'image': path}}")
-        check_example(ex, f"{path}:{n}", channels, size)
-        out.append(ex)
+        out.append(parse_record(rec, path.parent, f"{path}:{n}", channels, size))
     return out
+
+
+def parse_record(rec: Any, folder: Path, where: str, channels: int = 1, size: int | None = None) -> list[Any]:
+    """One JSONL record ``{"segments": [{"text": ...}, {"image": path}, ...]}`` → a checked
+    example (image paths relative to ``folder``)."""
+    segs = rec.get("segments") if isinstance(rec, dict) else None
+    if not isinstance(segs, list) or not segs:
+        raise ValueError(f'{where}: expected {{"segments": [{{"text": ...}} or {{"image": ...}}, ...]}}')
+    ex = []
+    for j, seg in enumerate(segs):
+        if isinstance(seg, dict) and "text" in seg:
+            ex.append(seg["text"])
+        elif isinstance(seg, dict) and "image" in seg:
+            ex.append(read_image(Path(folder) / seg["image"], channels, where=f"{where} segment {j}"))
+        else:
+            raise ValueError(f"{where} segment {j}: expected {{'text': str}} or {{'image': path}}")
+    check_example(ex, where, channels, size)
+    return ex
 
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -160,15 +166,14 @@ def from_hf(dataset, channels: int = 1, size: int | None = None, name: str = "HF
     cols = set(dataset.column_names)
     if "segments" not in cols and not {"text", "image"} <= cols:
         raise ValueError(f"{name} needs 'text' and 'image' columns or 'segments'; has {sorted(cols)}")
-    out = []
-    for i, row in enumerate(dataset):
-        if "segments" in cols:
-            ex = list(row["segments"])
-        else:
-            ex = [row["text"], pil_to_tensor(row["image"], channels, f"{name} row {i}")]
-        check_example(ex, f"{name} row {i}", channels, size)
-        out.append(ex)
-    return out
+    return [row_to_example(row, cols, channels, size, f"{name} row {i}") for i, row in enumerate(dataset)]
+
+
+def row_to_example(row: dict, cols, channels: int, size: int | None, where: str) -> list[Any]:
+    """One row of an HF dataset (``text`` + ``image``, or ``segments``) → a checked example."""
+    ex = list(row["segments"]) if "segments" in cols else [row["text"], pil_to_tensor(row["image"], channels, where)]
+    check_example(ex, where, channels, size)
+    return ex
 
 
 def check_example(ex: Sequence[Any], where: str, channels: int | None = None, size: int | None = None) -> None:

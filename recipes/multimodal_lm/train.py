@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion_core.data import load_hf
+from fusion_core.data import ExampleStream, load_hf
 from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.generation import interleave
 from fusion_core.model import FusionModel, Item
@@ -28,6 +28,7 @@ from . import data as D
 from .config import MMConfig, MMDataArgs
 
 HELD_OUT_DIR = "heldout"  # your data's held-out examples, kept in the run folder for evaluation
+HELD_OUT_MAX = 200  # held-out examples kept from a stream
 
 
 def build_model(c: MMConfig) -> FusionModel:
@@ -103,11 +104,48 @@ def builtin_examples(c: MMConfig, model: FusionModel) -> list[list[Item]]:
     return out
 
 
+def streamed_examples(c: MMConfig, model: FusionModel, data=None) -> tuple[ExampleStream, list[list]]:
+    """Your data as a stream read during training (``data.streaming``): JSONL shards (a glob) or
+    an HF dataset, every k-th record held out (k = 1 / ``data.held_out``); returns the training
+    stream and up to :data:`HELD_OUT_MAX` held-out examples for evaluation."""
+    d = c.data
+    if data is not None and not isinstance(data, (str, Path)):
+        stream = ExampleStream.hf(data)
+    elif str(data or d.source).startswith("hf:"):
+        stream = ExampleStream.hf(load_hf(str(data or d.source)[3:], streaming=True))
+    else:
+        stream = ExampleStream.jsonl(str(data or d.source))
+    cols = None
+
+    def parse(rec):
+        nonlocal cols
+        if "_where" in rec:
+            return D.parse_record(rec, rec["_folder"], rec["_where"], d.channels, d.image_size)
+        cols = cols or set(rec)
+        return D.row_to_example(rec, cols, d.channels, d.image_size, f"{stream.name} record")
+
+    stream.encode = lambda rec: encode_example(model, parse(rec), d)
+    if not d.held_out:
+        return stream, []
+    train, held = stream.split(max(2, round(1 / d.held_out)))
+    kept = []
+    for rec in held.records():
+        kept.append(parse(rec))
+        if len(kept) == HELD_OUT_MAX:
+            break
+    return train, kept
+
+
 def setup(c: MMConfig, run_dir: Path, data=None) -> TrainJob:
     model = build_model(c)
     save = None
     if data is None and c.data.source == "digits":
         examples = builtin_examples(c, model)
+    elif c.data.streaming:
+        examples, held = streamed_examples(c, model, data)
+
+        def save(run_dir: Path) -> None:
+            save_examples(held, Path(run_dir) / HELD_OUT_DIR)
     else:
         train, held = user_examples(c, data)
         if not train:
@@ -122,7 +160,8 @@ def setup(c: MMConfig, run_dir: Path, data=None) -> TrainJob:
     def collate(model, batch, seeds):
         return model.collate(batch, max_len=max_len, pack=True, seeds=seeds)
 
-    return TrainJob(model, examples, collate, f"{len(examples)} examples", save)
+    summary = f"streaming {examples.name}" if isinstance(examples, ExampleStream) else f"{len(examples)} examples"
+    return TrainJob(model, examples, collate, summary, save)
 
 
 def save_examples(examples: list[list], folder: Path) -> Path:
