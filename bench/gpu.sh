@@ -3,7 +3,8 @@
 # time limits). Logs go to $OUT. Sections, chosen by the arguments (default: mm ts tsb):
 #   check  CUDA correctness: flex vs SDPA gradients, compiled blocks vs eager (gpu_check.py)
 #   attn   attention benchmark (attention.py)
-#   mm     training throughput of the 0.16B multimodal preset at 4096, alone on the GPU
+#   mm     training throughput at rows of 4096, alone on the GPU: the 0.16B preset (bare loop, SDPA
+#          and flex, eager and compiled, and the Trainer) and the 0.76B preset (bare and Trainer)
 #   ts     time series: runs trained on the CPU and carried in runs/ (gitignored), scored on the
 #          GPU: runs/sine100 with DPM-Solver-50 (disc + LDS) and DDPM-1000 (disc), the fast-sampling
 #          target; runs/sine384 with disc + LDS (the full 2000-step classifiers)
@@ -21,8 +22,8 @@ quiet() { grep -v -e Warning -e warn; }
 for s in $sections; do case $s in
   check) (cd bench && timeout 150 python3 gpu_check.py 2>&1 | quiet | tee "$OUT/gpu_check.log") ;;
   attn)  (cd bench && timeout 300 python3 attention.py --device cuda 2>&1 | quiet | tee "$OUT/attention_cuda.log") ;;
-  mm)    (cd bench && timeout 170 python3 multimodal.py --device cuda --only-cuda --rows 4 --profile 2>&1 | quiet \
-            | tee "$OUT/multimodal_cuda.log") ;;
+  mm)    (cd bench && timeout 300 python3 multimodal.py --device cuda --only-cuda --rows 4 \
+            --presets transfusion-0.16b transfusion-0.76b 2>&1 | quiet | tee "$OUT/multimodal_cuda.log") ;;
   ts)  # scores of runs trained on the CPU and carried here (runs/, gitignored), two jobs side by side
     ev() { local t=$1 log=$2; shift 2; timeout "$t" fusion evaluate "$@" eval.tsne=false > "$OUT/$log" 2>&1;
            echo "== $* (exit $?)"; grep -E "INFO|Error" "$OUT/$log" | tail -8; }

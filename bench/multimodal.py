@@ -172,8 +172,9 @@ def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False
 
 def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cuda"):
     """The same through :class:`Trainer` (``train.compile``, bf16 autocast, collation of the
-    examples in every step, per-example seeded noise, gradient clipping, non-finite checks,
-    EMA): what ``fusion run`` gets."""
+    examples in every step, per-example seeded noise, gradient clipping, the non-finite check
+    on the device, EMA): what ``fusion run`` gets. Timed per step with a sync after each, as the
+    bare loop is; the Trainer itself syncs only when it logs."""
     import tempfile
 
     from fusion_core.trainer import Trainer, TrainArgs
@@ -186,7 +187,7 @@ def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cu
         trainer = Trainer(model, exs, lambda m, ex, seeds: m.collate(ex, max_len=L, pack=True, seeds=seeds),
                           args, d)
         t0 = time.perf_counter()
-        first_loss = trainer.train_step()["loss"]
+        first_loss = trainer._record(trainer.train_step())["loss"]  # reading it waits for the GPU
         first_s = time.perf_counter() - t0
         ms = timeit(trainer.train_step, device, warmup=2, iters=steps)
     layout = model.collate(exs, max_len=L, pack=True).layout  # what each step trains on
@@ -204,9 +205,10 @@ def _row(loop, preset_name, attn, compiled, layout, first_loss, first_s, ms, mod
             "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
 
 
-def cuda_section(rows, profile):
-    """The 0.16B preset at length 4096: SDPA and flex, eager and compiled blocks, in a bare loop;
-    then the fastest through the Trainer, and at twice the rows."""
+def cuda_section(rows, profile, presets=("transfusion-0.16b",)):
+    """The first preset at length 4096: SDPA and flex, eager and compiled blocks, in a bare loop;
+    then the fastest through the Trainer, and at twice the rows; each further preset (e.g. 0.76B)
+    bare and through the Trainer, flex and compiled."""
     out = []
 
     def run(fn, *args, **kw):
@@ -217,14 +219,17 @@ def cuda_section(rows, profile):
             traceback.print_exc()
         torch.cuda.empty_cache()
 
+    first = presets[0]
     for attn in ("sdpa", "flex"):
         for compiled in (False, True):
-            run(cuda_throughput, "transfusion-0.16b", 4096, rows, attn, compiled,
-                profile=profile and compiled and attn == "flex")
-    run(trainer_throughput, "transfusion-0.16b", 4096, rows, "flex", True)
-    run(cuda_throughput, "transfusion-0.16b", 4096, 2 * rows, "flex", True)
-    print_table(out, f"FusionModel training throughput, transfusion-0.16b, rows of 4096, bf16, "
-                     f"{torch.cuda.get_device_name()} (goal >= 250k tokens/s)")
+            run(cuda_throughput, first, 4096, rows, attn, compiled, profile=profile and compiled and attn == "flex")
+    run(trainer_throughput, first, 4096, rows, "flex", True)
+    run(cuda_throughput, first, 4096, 2 * rows, "flex", True)
+    for name in presets[1:]:
+        run(cuda_throughput, name, 4096, rows, "flex", True)
+        run(trainer_throughput, name, 4096, rows, "flex", True)
+    print_table(out, f"FusionModel training throughput, rows of 4096, bf16, {torch.cuda.get_device_name()} "
+                     "(goals: Trainer >= 250k tokens/s at 0.16B, MFU >= 35% at 0.76B)")
     return out
 
 
@@ -238,13 +243,15 @@ def main():
     p.add_argument("--rows", type=int, default=4, help="CUDA section: packed rows of 4096 per step")
     p.add_argument("--profile", action="store_true", help="CUDA section: kernel table of one compiled flex step")
     p.add_argument("--only-cuda", action="store_true", help="skip the comparison and cached-step sections")
+    p.add_argument("--presets", nargs="+", default=["transfusion-0.16b"],
+                   help="CUDA section: backbone presets (the first gets the full set of rows)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     if cuda and a.only_cuda:
-        big = cuda_section(a.rows, a.profile)
+        big = cuda_section(a.rows, a.profile, a.presets)
         print_json("multimodal_cuda", big, device=torch.cuda.get_device_name())
         return
     train = train_throughput(device, a.dim, a.depth, a.heads, batch=16 if cuda else 4, text_len=64,
@@ -256,7 +263,7 @@ def main():
     # the 0.16B preset's (768 wide; the ratio does not depend on depth)
     steps = cached_step(device, a.dim, a.depth, a.heads, side=32) + cached_step(device, 768, 2, 12, side=32)
     print_table(steps, "one diffusion step of a 256-patch image against a KV-cached prompt")
-    big = cuda_section(a.rows, a.profile) if cuda else []
+    big = cuda_section(a.rows, a.profile, a.presets) if cuda else []
     print_json("multimodal", train + steps + big, device=str(device), train_ratio=ratio)
 
 

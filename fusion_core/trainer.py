@@ -1,17 +1,16 @@
 """The training loop every recipe shares, so loop numerics cannot drift between recipes.
 
-Pieces: seeding, AdamW with linear warmup + cosine decay, gradient clipping and accumulation,
-EMA of weights, bf16 autocast on CUDA, optional ``torch.compile`` of the backbone, NaN/inf
-detection, JSONL metrics, tqdm progress, atomic checkpoints and exact resume, DDP/FSDP2.
+Pieces: seeding, the optimizer (:mod:`.optim`), gradient clipping and accumulation, EMA
+(:mod:`.ema`), bf16 autocast on CUDA, optional ``torch.compile`` of the backbone and activation
+checkpointing, NaN/inf detection without a host sync, data-loading workers (:mod:`.loader`),
+streams (:class:`~fusion_core.data.ExampleStream`), JSONL metrics, tqdm progress, atomic
+checkpoints and exact resume, DDP/FSDP2 with sharded checkpoints (:mod:`.sharded`).
 
 Exactness: the examples of step ``s`` are a pure function of (seed, s) — a per-epoch permutation
 of the dataset — and every random draw of the loss is keyed to its example (``Batch.seeds``). Each
 modality's loss is a sum divided by the *global* count of its targets in the step (all
 micro-batches, all processes), so 1 process, N processes and any accumulation give the same
 gradient, and a resumed run continues exactly where a straight run would be.
-
-Transfusion's optimizer (sec. 4.1) is the default: AdamW (0.9, 0.95), eps 1e-8, lr 3e-4, 4k
-warmup, cosine to 1.5e-5, weight decay 0.1, clip 1.0.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import resource
@@ -30,15 +28,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ExampleStream
 from .checkpoint import (find_resumable, load_state, load_weights, save_checkpoint,
                          state_dict_for_safetensors)
+from .data import ExampleStream
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, wrap_model
+from .ema import EMA
+from .loader import StepBatches
 from .metrics import MetricsLog
 from .model import Batch, FusionModel
+from .optim import SCHEDULES, OptimArgs, build_optimizer, lr_factor  # noqa: F401 (re-exported)
 from .pretrained import model_config, save_pretrained
 from .runfolder import start_fresh
 from .sharded import is_sharded, load_sharded, save_sharded
@@ -46,32 +46,8 @@ from .sharded import is_sharded, load_sharded, save_sharded
 log = logging.getLogger("fusion_core")
 
 
-SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
-
-
-@dataclass
-class OptimArgs:
-    lr: float = 3e-4
-    min_lr: float = 1.5e-5
-    warmup: int = 4000
-    schedule: str = "cosine"  # cosine | constant
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 = off
-
-    def __post_init__(self):
-        if not self.lr > 0 or self.min_lr < 0 or self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("optim: need lr > 0 and min_lr, warmup, weight_decay, grad_clip >= 0; got "
-                             f"lr={self.lr}, min_lr={self.min_lr}, warmup={self.warmup}, "
-                             f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
-            raise ValueError(f"optim: need betas in [0, 1) and eps > 0, got {self.beta1}, {self.beta2}, {self.eps}")
 
 
 @dataclass
@@ -126,72 +102,6 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> No
     if deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def lr_factor(step: int, args: OptimArgs, total: int) -> float:
-    """Multiplier of ``args.lr`` at ``step``: linear warmup, then cosine to ``min_lr``."""
-    if args.warmup > 0 and step < args.warmup:
-        return (step + 1) / args.warmup
-    if args.schedule == "constant":
-        return 1.0
-    if args.schedule != "cosine":
-        raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {args.schedule!r}")
-    progress = min(1.0, (step - args.warmup) / max(1, total - args.warmup))
-    floor = args.min_lr / args.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, args: OptimArgs, total_steps: int):
-    """AdamW with weight decay on matrices only (not norms, biases, or 1-D embeddings)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    # the fused kernel (CUDA or CPU): one launch for every parameter, and a step it can skip on the
-    # device (found_inf); plain tensors only, not FSDP shards
-    fused = all(p.device.type in ("cuda", "cpu") and not hasattr(p, "full_tensor") for p in decay + no_decay)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, fused=fused or None,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args, total_steps))
-    return opt, sched
-
-
-class EMA:
-    """Exponential moving average of a model's floating-point state (used for sampling)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
-                       if v.dtype.is_floating_point}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        state = model.state_dict()
-        keys = [k for k in self.shadow if k in state]
-        new = [state[k].float() for k in keys]
-        if any(hasattr(v, "full_tensor") for v in new):  # FSDP shards: one at a time
-            for k, v in zip(keys, new):
-                self.shadow[k].lerp_(v, 1 - self.decay)
-        else:  # a few kernels for the whole model instead of one per tensor
-            torch._foreach_lerp_([self.shadow[k] for k in keys], new, 1 - self.decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full CPU tensors (DTensor shards are gathered; collective under FSDP)."""
-        full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.shadow.items()}
-        return {k: v.cpu().contiguous() for k, v in full.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Full tensors in; under FSDP each process keeps its shard of them."""
-        for k, v in state.items():
-            cur = self.shadow[k]
-            if hasattr(cur, "device_mesh"):  # a DTensor shard
-                from torch.distributed.tensor import distribute_tensor
-
-                v = distribute_tensor(v.to(cur.device, cur.dtype), cur.device_mesh, cur.placements)
-            cur.copy_(v)
-
-    def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict({**model.state_dict(), **self.shadow})
 
 
 def _rng_state() -> dict:
@@ -316,7 +226,7 @@ class Trainer:
                 yield self.collated(step)
             return
         loader = torch.utils.data.DataLoader(
-            _StepBatches(self), batch_size=None, sampler=range(self.step, self.args.steps),
+            StepBatches(self), batch_size=None, sampler=range(self.step, self.args.steps),
             num_workers=self.args.workers, prefetch_factor=self.args.prefetch,
             pin_memory=self.info.device.type == "cuda", persistent_workers=False)
         for batches in loader:
@@ -534,38 +444,6 @@ class Trainer:
                 self.save()
         bar.close()
         return records
-
-
-class _StepBatches(torch.utils.data.Dataset):
-    """Item ``s``: the collated micro-batches of step ``s``, built in a data-loading worker with
-    layouts on the CPU and host-side targets counted (the loop then only copies)."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-
-    def __len__(self) -> int:
-        return self.trainer.args.steps
-
-    def __getitem__(self, step: int) -> list[Batch]:
-        t = self.trainer
-        host = _HostCollate(t.model)
-        batches = [t.collate(host, ex, seeds) for ex, seeds in t.micro_batches(step)]
-        for b in batches:
-            t.model.target_counts(b)  # fills the batch's host-side caches
-        return batches
-
-
-class _HostCollate:
-    """The model as a worker's collate function sees it: ``collate`` builds layouts on the CPU."""
-
-    def __init__(self, model: FusionModel):
-        self._model = model
-
-    def collate(self, *args, **kwargs) -> Batch:
-        return self._model.collate(*args, device="cpu", **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
 
 
 def _peak_mem_mb(device: torch.device) -> float:

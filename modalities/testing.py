@@ -34,7 +34,6 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from torch import Tensor
 

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 
 from fusion_core import FusionModel, TransformerArgs, Trainer, TrainArgs, interleave
 from fusion_core.data import ExampleStream

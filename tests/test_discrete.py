@@ -66,7 +66,7 @@ def test_which_head_scores_which_position_at_the_boundaries():
     tgt, scorer = model._lm_targets(batch.layout, model._payloads(batch))
     names = batch.layout.modality_names
     got = [(names[s] if s >= 0 else None, int(t)) for s, t in zip(scorer.tolist(), tgt.tolist())]
-    boi, eoi, eos = text.boi("dna"), text.eoi("dna"), text.special("<eos>")
+    boi, eos = text.boi("dna"), text.special("<eos>")
     # <bos> x <boi:dna> | A C G | <eoi:dna> y <eos>
     assert got == [("text", ord("x")), ("text", boi),  # text predicts its own tokens, the marker included
                    ("dna", 0),  # the marker that opens the span is scored by the DNA head: enter

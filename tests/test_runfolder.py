@@ -181,7 +181,8 @@ def test_data_errors_name_the_file_and_what_is_wrong(tmp_path, capsys, caplog):
     masked = np.load(tmp_path / "masked" / "data.npz")
     assert not masked["train_observed"][123, 0] and np.abs(masked["train_values"][masked["train_observed"]]).max() < 10
     heavy = np.random.default_rng(1).standard_t(3, size=(3000, 2))  # heavy tails, no entry errors
-    from fusion_core.recipes.timeseries.data import Series, flag_outliers
+    from fusion_core.recipes.timeseries.data import Series
+    from fusion_core.recipes.timeseries.outliers import flag_outliers
 
     _, observed = flag_outliers(Series(heavy, ["a", "b"]), heavy, "mask")
     assert observed.all()

@@ -17,7 +17,8 @@ from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
 from fusion_core.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs
 
-from .data import MISSING_POLICIES, OUTLIER_POLICIES, TRANSFORMS
+from .data import MISSING_POLICIES, TRANSFORMS
+from .outliers import OUTLIER_POLICIES
 
 ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
 

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import TRANSFORMS, flag_outliers, handle_missing, sine, to_increments, to_series
+from .data import TRANSFORMS, handle_missing, sine, to_increments, to_series
+from .outliers import flag_outliers
 
 
 def chronological_split(T: int, fractions: Sequence[float], length: int) -> list[slice]:
