@@ -41,6 +41,11 @@ class ToyDataArgs:
     image_size: int = 8
     max_len: int = 128
 
+    def __post_init__(self):
+        if self.examples < 1 or self.image_size < 3 or self.max_len < 1:
+            raise ValueError(f"need data.examples >= 1, data.image_size >= 3 (a bar inside a border) and "
+                             f"data.max_len >= 1; got {self.examples}, {self.image_size}, {self.max_len}")
+
 
 @dataclass
 class ToyConfig:

@@ -263,7 +263,7 @@ def test_cli_runs_tiny_end_to_end(tmp_path):
     assert main(["sample", str(run), "--n", "5", "--out", "s.csv"]) == 0
     df = pd.read_csv(run / "s.csv")
     assert list(df.columns[:2]) == ["series", "step"] and df["series"].nunique() == 5
-    assert main(["sample", str(run), "--n", "3", "--length", "40", "--out", "long.npy"]) == 0
+    assert main(["sample", str(run), "--n", "3", "--length", "40", "--out", "long.npy", "sample.resample=2"]) == 0
     assert np.load(run / "long.npy").shape == (3, 40, 3)
     hist = np.load(run / "long.npy")[:, :10]
     np.save(tmp_path / "hist.npy", hist)
