@@ -70,7 +70,7 @@ def test_unknown_preset_and_recipe_list_valid_ones():
         get_recipe("tyo")
 
 
-@pytest.mark.parametrize("name", ["timeseries", "multimodal_lm", "toy"])
+@pytest.mark.parametrize("name", ["timeseries", "multimodal_lm", "text_timeseries", "toy"])
 def test_every_backbone_arg_is_a_model_key_and_reaches_the_built_model(name, tmp_path):
     """Recipes nest the backbone's own args: every TransformerArgs field is ``model.<field>``."""
     import dataclasses

