@@ -47,7 +47,9 @@ def main() -> None:
     torch.manual_seed(0)
     c = to_object(get_recipe("text_timeseries").load_config(a.preset))
     L = c.data.length
-    ours = build_model(c, 1).eval()
+    rng = random.Random(0)
+    captions = [C.describe(rng.choice(P.ALL_COMBINATIONS), rng) for _ in range(a.n)]
+    ours = build_model(c, 1, captions).eval()
     ours.adapters[MODALITY].fit(torch.linspace(-3, 3, L)[:, None])
     ts_cfg = to_object(get_recipe("timeseries").load_config(None, overrides=[
         f"model.{k}={v}" for k, v in (("dim", c.model.dim), ("n_layers", c.model.n_layers),
@@ -56,8 +58,6 @@ def main() -> None:
                                       ("qk_norm", c.model.qk_norm))] + ["model.ffn_dim=null"]))
     ts = build_ts_model(ts_cfg, 1).eval()
     ts.adapters["timeseries"].fit(torch.linspace(-3, 3, L)[:, None])
-    rng = random.Random(0)
-    captions = [C.describe(rng.choice(P.ALL_COMBINATIONS), rng) for _ in range(a.n)]
     shape = (L, 1)
 
     def sampler(model):
@@ -75,9 +75,10 @@ def main() -> None:
         base = base or secs
         rows.append({"sampling": name, "ms per series": round(1000 * secs / a.n, 3), "ratio": round(secs / base, 2)})
     machine = machine_description()
-    mean_len = sum(len(s) for s in captions) / len(captions)
+    text = ours.adapters["text"]
+    mean_len = sum(len(text.encode(s)) for s in captions) / len(captions)
     print_table(rows, f"{a.n} series of {L} steps, dpm_solver {a.steps} steps, backbone {c.model.dim} x "
-                      f"{c.model.n_layers} ({a.preset} preset), captions {mean_len:.0f} bytes; {machine}")
+                      f"{c.model.n_layers} ({a.preset} preset), captions {mean_len:.0f} tokens ({c.model.tokenizer}); {machine}")
     print_json("text_timeseries_sampling", rows, n=a.n, steps=a.steps, machine=machine)
 
 

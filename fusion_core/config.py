@@ -114,3 +114,24 @@ def save_config(cfg: DictConfig, path: str | Path) -> None:
     from .checkpoint import atomic_write_text
 
     atomic_write_text(Path(path), to_yaml(cfg))
+
+
+# -- validation helpers for config dataclasses' __post_init__ ---------------------------------------
+
+def check_choice(key: str, value: Any, options: Sequence) -> None:
+    """Raise ``ValueError`` naming ``key`` and the valid ``options`` unless ``value`` is one."""
+    if value not in options:
+        raise ValueError(f"{key} must be one of {tuple(options)}, got {value!r}")
+
+
+def check_fraction(key: str, value: float, upper_open: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is in [0, 1] (or [0, 1) with ``upper_open``)."""
+    if not (0 <= value < 1 if upper_open else 0 <= value <= 1):
+        raise ValueError(f"{key} must be in [0, 1{')' if upper_open else ']'}, got {value}")
+
+
+def check_at_least(obj: Any, low: int, *keys: str) -> None:
+    """Raise ``ValueError`` unless every field ``keys`` of ``obj`` is ``>= low``."""
+    for key in keys:
+        if getattr(obj, key) < low:
+            raise ValueError(f"{key} must be >= {low}, got {getattr(obj, key)}")

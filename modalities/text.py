@@ -9,6 +9,7 @@ tokenizer (256 byte ids + specials). Any ``tokenizers``/HF tokenizer object can 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import torch
@@ -42,6 +43,60 @@ class ByteTokenizer:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
+class WordTokenizer:
+    """Whole words of a fixed vocabulary, each with its leading space (``" cycle"``), and UTF-8
+    bytes for everything else: every string round-trips exactly, and text in the vocabulary takes
+    one position per word instead of one per byte. For small closed vocabularies (captions,
+    commands) where a learned BPE is overkill. Ids: bytes 0–255, then the words, then the specials.
+
+    Args:
+        words: the vocabulary, as :meth:`pieces` splits text (build it with :meth:`fit`).
+    """
+
+    PIECE = re.compile(r" ?\w+| ?[^\w\s]+|\s+")  # every character falls in exactly one piece
+
+    def __init__(self, words: Sequence[str], specials: Sequence[str] = BASE_SPECIALS):
+        self.words = tuple(words)
+        if len(set(self.words)) != len(self.words) or not all(isinstance(w, str) and w for w in self.words):
+            raise ValueError("words must be distinct non-empty strings")
+        self.index = {w: 256 + i for i, w in enumerate(self.words)}
+        self.base_vocab = 256 + len(self.words)
+        self.specials = tuple(specials)
+        self.vocab_size = self.base_vocab + len(self.specials)
+
+    @classmethod
+    def pieces(cls, text: str) -> list[str]:
+        return cls.PIECE.findall(text)
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], min_count: int = 2, max_words: int = 4096) -> list[str]:
+        """The ``max_words`` most frequent pieces of ``texts`` seen at least ``min_count`` times."""
+        from collections import Counter
+
+        counts = Counter(p for t in texts for p in cls.pieces(t))
+        ranked = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return ranked[:max_words]
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        for piece in self.pieces(text):
+            i = self.index.get(piece)
+            out.extend([i] if i is not None else piece.encode("utf-8"))
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out, pending = [], bytearray()
+        for i in ids:
+            if 0 <= i < 256:
+                pending.append(i)
+            elif 256 <= i < self.base_vocab:
+                out.append(pending.decode("utf-8", errors="replace"))
+                pending.clear()
+                out.append(self.words[i - 256])
+        out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
 class WrappedTokenizer:
     """Wrap a ``tokenizers.Tokenizer`` or a ``transformers`` tokenizer; our specials go after
     its vocabulary."""
@@ -66,7 +121,9 @@ class TextAdapter(Adapter):
 
     Args:
         dim: backbone width.
-        tokenizer: ``"bytes"`` (default, no files) or a tokenizer object to wrap.
+        tokenizer: ``"bytes"`` (default, no files), ``{"words": [...]}`` (a
+            :class:`WordTokenizer` over that vocabulary; saved with the model) or a tokenizer
+            object to wrap.
         markers: names of the modalities whose spans appear inside text, continuous or discrete
             (one ``<boi:M>`` / ``<eoi:M>`` pair each).
         tie_weights: share the embedding matrix with the LM head.
@@ -84,8 +141,10 @@ class TextAdapter(Adapter):
         specials = _specials(self.markers)
         if tokenizer == "bytes":
             self.tokenizer = ByteTokenizer(specials)
-        elif isinstance(tokenizer, str):
-            raise ValueError(f"tokenizer must be 'bytes' or a tokenizer object, got {tokenizer!r}")
+        elif isinstance(tokenizer, dict) and set(tokenizer) == {"words"}:
+            self.tokenizer = WordTokenizer(tokenizer["words"], specials)
+        elif isinstance(tokenizer, (str, dict)):
+            raise ValueError(f"tokenizer must be 'bytes', {{'words': [...]}} or a tokenizer object, got {tokenizer!r:.80}")
         else:
             self.tokenizer = WrappedTokenizer(tokenizer, specials)
         self.vocab_size = self.tokenizer.vocab_size
@@ -98,8 +157,12 @@ class TextAdapter(Adapter):
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        wrapped = isinstance(self.tokenizer, WrappedTokenizer)
-        cfg["tokenizer"] = jsonable(self.tokenizer.tokenizer) if wrapped else "bytes"
+        if isinstance(self.tokenizer, WordTokenizer):
+            cfg["tokenizer"] = {"words": list(self.tokenizer.words)}
+        elif isinstance(self.tokenizer, WrappedTokenizer):
+            cfg["tokenizer"] = jsonable(self.tokenizer.tokenizer)
+        else:
+            cfg["tokenizer"] = "bytes"
         return cfg
 
     # -- specials -------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.testing import AdapterConformance
-from fusion_core.modalities.text import TextAdapter
+from fusion_core.modalities.text import TextAdapter, WordTokenizer
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
 from fusion_core.registry import adapter_class, build_adapter, registered_adapters
 
@@ -126,6 +128,30 @@ def test_text_wraps_a_tokenizer_object():
     assert text.vocab_size == 10 + 3 + 2
     assert text.encode("ab abc").tolist() == [2, 3]
     assert text.decode(text.encode("ab abc", eos=True)) == "xx xxx"
+
+
+@settings(max_examples=60)
+@given(st.text(max_size=40))
+def test_word_tokenizer_round_trips_any_text(text):
+    tok = WordTokenizer(WordTokenizer.fit(["a cycle every 12 steps, a cycle", "a cycle every 12 steps."]))
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_word_tokenizer_takes_a_position_per_known_word_and_bytes_for_the_rest(tmp_path):
+    words = WordTokenizer.fit(["It climbs, with a 12-step cycle.", "It falls, with a 12-step cycle."], min_count=2)
+    assert words[:4] == [" 12", " a", " cycle", " with"] and " climbs" not in words  # seen once
+    text = TextAdapter(16, tokenizer={"words": words}, markers=("timeseries",))
+    ids = text.encode("It climbs, with a 12-step cycle.")
+    assert len(ids) == 1 + len(" climbs") + 8  # " climbs" (seen once) as bytes, every other piece one id
+    assert text.decode(ids) == "It climbs, with a 12-step cycle."
+    assert text.vocab_size == 256 + len(words) + 3 + 2
+    assert text.drop_condition(text.encode("It climbs", bos=True, append=["<boi:timeseries>"])).tolist() == [
+        text.bos_id, text.begin_marker("timeseries")]
+    assert TextAdapter(**text.config()).tokenizer.words == tuple(words)  # saved with the model
+    with pytest.raises(ValueError, match="tokenizer must be"):
+        TextAdapter(16, tokenizer={"vocab": words})
+    with pytest.raises(ValueError, match="distinct"):
+        WordTokenizer([" a", " a"])
 
 
 def test_image_patch_count_and_linear_patch_order():

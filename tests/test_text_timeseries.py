@@ -127,6 +127,8 @@ def test_real_windows_are_captioned_truthfully(recipe):
 def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["run", "text_timeseries", "--preset", "tiny", f"run_dir={run}"]) == 0
+    words = json.loads((run / "model" / "model.json").read_text())
+    assert " cycle" in str(words)  # the caption vocabulary is saved with the model
     res = json.loads((run / "eval.json").read_text())
     assert set(res["text_to_series"]) == {"seen", "held-out"} and "forecast" in res
     for name in ("report.md", "text_to_series.png", "forecasts.png"):
@@ -178,5 +180,7 @@ def test_bad_pairs_fail_with_a_message_that_names_them(recipe, tmp_path, capsys)
     assert f"{bad}:2: not JSON" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no such file"):
         D.read_pairs(tmp_path / "missing.jsonl")
-    with pytest.raises(ValueError, match="must be >= 32"):
-        recipe.load_config("tiny", overrides=["data.length=16"])
+    for override, message in (("data.length=16", "must be >= 32"), ("data.source=x.txt", "data.source must be one of"),
+                              ("model.tokenizer=bpe", "model.tokenizer must be one of")):
+        with pytest.raises(ValueError, match=message):
+            to_object(recipe.load_config("tiny", overrides=[override]))

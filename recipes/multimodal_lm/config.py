@@ -13,20 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fusion_core.diffusion import PREDICTIONS, SCHEDULES, WEIGHTINGS
+from fusion_core.config import check_choice, check_fraction
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.image import DESIGNS
 from fusion_core.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs
-
-
-def _choice(key: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"{key} must be one of {tuple(options)}, got {value!r}")
-
-
-def _fraction(key: str, value: float, upper_open: bool = False) -> None:
-    if not (0 <= value < 1 if upper_open else 0 <= value <= 1):
-        raise ValueError(f"{key} must be in [0, 1{')' if upper_open else ']'}, got {value}")
 
 
 @dataclass
@@ -50,10 +41,10 @@ class MMDataArgs:
         for key in ("examples", "max_len", "prose_chunk", "image_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
-        _choice("data.channels", self.channels, (1, 3))
-        _fraction("data.text_fraction", self.text_fraction)
-        _fraction("data.image_first", self.image_first)
-        _fraction("data.held_out", self.held_out, upper_open=True)
+        check_choice("data.channels", self.channels, (1, 3))
+        check_fraction("data.text_fraction", self.text_fraction)
+        check_fraction("data.image_first", self.image_first)
+        check_fraction("data.held_out", self.held_out, upper_open=True)
         if self.noise_limit < 0:
             raise ValueError(f"data.noise_limit must be >= 0 (0 = off), got {self.noise_limit}")
 
@@ -82,12 +73,12 @@ class MMModelArgs(TransformerArgs):
 
     def __post_init__(self):
         super().__post_init__()
-        _choice("model.image_design", self.image_design, DESIGNS)
-        _choice("model.image_attention", self.image_attention, ("bidirectional", "causal"))
-        _choice("model.schedule", self.schedule, SCHEDULES)
-        _choice("model.prediction", self.prediction, PREDICTIONS)
-        _choice("model.weighting", self.weighting, WEIGHTINGS)
-        _fraction("model.cond_dropout", self.cond_dropout, upper_open=True)
+        check_choice("model.image_design", self.image_design, DESIGNS)
+        check_choice("model.image_attention", self.image_attention, ("bidirectional", "causal"))
+        check_choice("model.schedule", self.schedule, SCHEDULES)
+        check_choice("model.prediction", self.prediction, PREDICTIONS)
+        check_choice("model.weighting", self.weighting, WEIGHTINGS)
+        check_fraction("model.cond_dropout", self.cond_dropout, upper_open=True)
         if self.patch_size < 1 or self.T < 1 or self.diffusion_weight < 0:
             raise ValueError(f"need model.patch_size >= 1, model.T >= 1, model.diffusion_weight >= 0; got "
                              f"{self.patch_size}, {self.T}, {self.diffusion_weight}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from .properties import EVENT_KINDS, PROPERTIES, WHERES, Properties
+from .properties import PROPERTIES, Properties
 
 TREND = {
     "rising": ("rises steadily", "climbs", "trends upward", "goes up over time", "increases"),

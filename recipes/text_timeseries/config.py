@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fusion_core.config import check_fraction
 from fusion_core.generation import SampleArgs
 from fusion_core.trainer import OptimArgs, TrainArgs
 
@@ -18,11 +19,8 @@ from ..timeseries.config import TSModelArgs
 from .properties import ALL_COMBINATIONS
 
 SOURCES = ("synthetic", "real")  # built in; else a .jsonl / .csv of (caption, series) pairs
-
-
-def _fraction(key: str, value: float, upper_open: bool = False) -> None:
-    if not (0 <= value < 1 if upper_open else 0 <= value <= 1):
-        raise ValueError(f"{key} must be in [0, 1{')' if upper_open else ']'}, got {value}")
+TOKENIZERS = ("words", "bytes")
+CLIP = 5.0  # predicted x0 clamped to +-5 standard deviations (standard scaling; min-max would use 1)
 
 
 @dataclass
@@ -41,6 +39,10 @@ class TTSDataArgs:
     held_out: float = 0.1  # your pairs: share kept out of training for `fusion evaluate`
 
     def __post_init__(self):
+        if self.source not in SOURCES and not self.source.endswith((".jsonl", ".csv")) \
+                and not self.source.startswith("python:"):
+            raise ValueError(f"data.source must be one of {SOURCES} or a .jsonl / .csv file of caption/series "
+                             f"pairs, got {self.source!r}")
         if self.length < 32:
             raise ValueError(f"data.length must be >= 32 (the longest period is 24 steps), got {self.length}")
         for key in ("features", "examples", "max_len", "stride"):
@@ -49,8 +51,8 @@ class TTSDataArgs:
         if not 0 <= self.held_out_combinations < len(ALL_COMBINATIONS) // 2:
             raise ValueError(f"data.held_out_combinations must be in [0, {len(ALL_COMBINATIONS) // 2}), "
                              f"got {self.held_out_combinations}")
-        _fraction("data.series_first", self.series_first)
-        _fraction("data.held_out", self.held_out, upper_open=True)
+        check_fraction("data.series_first", self.series_first)
+        check_fraction("data.held_out", self.held_out, upper_open=True)
         if self.noise_limit < 0:
             raise ValueError(f"data.noise_limit must be >= 0 (0 = off), got {self.noise_limit}")
 
@@ -68,12 +70,20 @@ class TTSModelArgs(TSModelArgs):
     qk_norm: bool = True
     patch: int = 4
     timestep: str = "add"
+    # unit variance per channel: the properties (a noise level of 0.03 vs 0.16 of the data's std)
+    # stay visible next to the diffusion noise; min-max to [-1, 1] shrinks them 4x more
+    scaling: str = "standard"
+    # words: a word-level vocabulary fitted on the training captions, bytes for anything else
+    # (~21 positions per caption instead of ~92); bytes: the byte tokenizer
+    tokenizer: str = "words"
     diffusion_weight: float = 5.0  # lambda
     cond_dropout: float = 0.1
 
     def __post_init__(self):
         super().__post_init__()
-        _fraction("model.cond_dropout", self.cond_dropout, upper_open=True)
+        check_fraction("model.cond_dropout", self.cond_dropout, upper_open=True)
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"model.tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if self.diffusion_weight < 0:
             raise ValueError(f"model.diffusion_weight must be >= 0, got {self.diffusion_weight}")
 
@@ -82,7 +92,7 @@ class TTSModelArgs(TSModelArgs):
 class TTSEvalArgs:
     n: int = 300  # test pairs per group (seen / held-out combinations) for both directions
     sample: SampleArgs = field(default_factory=lambda: SampleArgs(sampler="dpm_solver", steps=25, guidance=3.0,
-                                                                   max_new_tokens=160))
+                                                                   max_new_tokens=160, clip_x0=CLIP))
     history: int = 40  # forecasting: steps given; the rest is forecast
     forecasts: int = 200  # test windows to forecast (with and without their caption)
     disc_iters: int = 1000  # discriminative score classifier steps
@@ -107,5 +117,5 @@ class TTSConfig:
         steps=3000, batch_size=32, ckpt_every=500, log_every=50, ema_decay=0.999,
         optim=OptimArgs(lr=2e-3, min_lr=1e-4, warmup=200, weight_decay=0.1)))
     sample: SampleArgs = field(default_factory=lambda: SampleArgs(sampler="dpm_solver", steps=25, guidance=3.0,
-                                                                  max_new_tokens=160))
+                                                                  max_new_tokens=160, clip_x0=CLIP))
     eval: TTSEvalArgs = field(default_factory=TTSEvalArgs)

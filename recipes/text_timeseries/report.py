@@ -10,7 +10,7 @@ import numpy as np
 
 from fusion_core.recipe import read_train_time
 
-from ..timeseries.plots import _plt
+from ..timeseries.plots import pyplot
 from .config import TTSConfig
 from .data import Pairs
 from .properties import PROPERTIES
@@ -19,7 +19,7 @@ from .properties import PROPERTIES
 def series_grid(pairs: Pairs, drawn: np.ndarray, path: Path, cols: int = 2) -> Path:
     """One panel per caption: the real series (black) and series generated from its caption
     (``drawn`` ``(N, k, L, F)``, in colour); the first channel."""
-    plt = _plt()
+    plt = pyplot()
     rows = -(-len(pairs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 2.3 * rows), squeeze=False)
     for ax in axes.flat[len(pairs):]:
@@ -40,7 +40,7 @@ def series_grid(pairs: Pairs, drawn: np.ndarray, path: Path, cols: int = 2) -> P
 def forecast_plot(pairs: Pairs, with_caption: np.ndarray, alone: np.ndarray, history: int, path: Path,
                   k: int = 6) -> Path:
     """The first ``k`` forecasts: history and truth (black), with the caption (blue), without (orange)."""
-    plt = _plt()
+    plt = pyplot()
     k = min(k, len(pairs))
     fig, axes = plt.subplots(-(-k // 2), 2, figsize=(12, 2.3 * -(-k // 2)), squeeze=False)
     for ax in axes.flat[k:]:

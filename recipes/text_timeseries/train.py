@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.generation import interleave
 from fusion_core.model import FusionModel, Item
-from fusion_core.modalities.text import TextAdapter
+from fusion_core.modalities.text import TextAdapter, WordTokenizer
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
 from fusion_core.recipe import TrainJob
 from fusion_core.transformer import backbone_args
@@ -30,9 +31,12 @@ TEST_FILE = "test.npz"  # real data and your pairs: the held-out pairs, kept for
 TEST_SEED_OFFSET = 10_000  # synthetic test pairs: drawn apart from the training ones
 
 
-def build_model(c: TTSConfig, features: int) -> FusionModel:
+def build_model(c: TTSConfig, features: int, captions: Sequence[str] = ()) -> FusionModel:
+    """The model; with ``model.tokenizer=words`` its vocabulary is fitted on ``captions`` (the
+    training captions: words seen at least twice, bytes for the rest)."""
     m = c.model
-    text = TextAdapter(m.dim, markers=(MODALITY,))
+    tokenizer = {"words": WordTokenizer.fit(captions)} if m.tokenizer == "words" else "bytes"
+    text = TextAdapter(m.dim, tokenizer=tokenizer, markers=(MODALITY,))
     series = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
                                name=MODALITY)
     cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
@@ -79,7 +83,7 @@ def setup(c: TTSConfig, run_dir: Path, data=None) -> TrainJob:
     train, test = load_pairs(c, data)
     if not len(train):
         raise ValueError(f"{c.data.source}: no training pairs")
-    model = build_model(c, train.values.shape[2])
+    model = build_model(c, train.values.shape[2], train.captions)
     model.adapters[MODALITY].fit(train.values)
     rng = random.Random(c.train.seed)
     d = c.data

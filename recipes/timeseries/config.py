@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fusion_core.diffusion import PREDICTIONS, SCHEDULES, WEIGHTINGS
+from fusion_core.config import check_at_least, check_choice
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
 from fusion_core.trainer import OptimArgs, TrainArgs
@@ -21,17 +22,6 @@ from .data import MISSING_POLICIES, TRANSFORMS
 from .outliers import OUTLIER_POLICIES
 
 ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
-
-
-def _choice(key: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"{key} must be one of {tuple(options)}, got {value!r}")
-
-
-def _at_least(obj, low: int, *keys: str) -> None:
-    for key in keys:
-        if getattr(obj, key) < low:
-            raise ValueError(f"{key} must be >= {low}, got {getattr(obj, key)}")
 
 
 @dataclass
@@ -53,10 +43,10 @@ class TSDataArgs:
     outlier_iqr: float = 50.0
 
     def __post_init__(self):
-        _at_least(self, 1, "length", "stride", "sine_samples", "sine_features")
-        _choice("data.missing", self.missing, MISSING_POLICIES)
-        _choice("data.transform", self.transform, TRANSFORMS)
-        _choice("data.outliers", self.outliers, OUTLIER_POLICIES)
+        check_at_least(self, 1, "length", "stride", "sine_samples", "sine_features")
+        check_choice("data.missing", self.missing, MISSING_POLICIES)
+        check_choice("data.transform", self.transform, TRANSFORMS)
+        check_choice("data.outliers", self.outliers, OUTLIER_POLICIES)
         if not self.outlier_iqr > 0:
             raise ValueError(f"data.outlier_iqr must be > 0, got {self.outlier_iqr}")
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
@@ -88,12 +78,12 @@ class TSModelArgs(TransformerArgs):
 
     def __post_init__(self):
         super().__post_init__()
-        _at_least(self, 1, "patch", "T")
-        _choice("model.timestep", self.timestep, TIMESTEP_MODES)
-        _choice("model.scaling", self.scaling, SCALINGS)
-        _choice("model.prediction", self.prediction, PREDICTIONS)
-        _choice("model.schedule", self.schedule, SCHEDULES)
-        _choice("model.weighting", self.weighting, WEIGHTINGS)
+        check_at_least(self, 1, "patch", "T")
+        check_choice("model.timestep", self.timestep, TIMESTEP_MODES)
+        check_choice("model.scaling", self.scaling, SCALINGS)
+        check_choice("model.prediction", self.prediction, PREDICTIONS)
+        check_choice("model.schedule", self.schedule, SCHEDULES)
+        check_choice("model.weighting", self.weighting, WEIGHTINGS)
         if self.fourier_weight < 0:
             raise ValueError(f"model.fourier_weight must be >= 0, got {self.fourier_weight}")
 
@@ -117,7 +107,7 @@ class TSEvalArgs:
     progress: bool = True  # progress bars for sampling and scoring
 
     def __post_init__(self):
-        _at_least(self, 1, "n", "repeats", "disc_iters", "pred_iters", "fid_iters", "batch")
+        check_at_least(self, 1, "n", "repeats", "disc_iters", "pred_iters", "fid_iters", "batch")
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
         if unknown:
             raise ValueError(f"eval.metrics: unknown {unknown}; known: {list(ALL_METRICS)}")

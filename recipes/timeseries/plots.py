@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +21,7 @@ def embedding_plots(real: np.ndarray, fake: np.ndarray, out_dir: Path, n: int = 
                     tsne: bool = True, suffix: str = "") -> list[Path]:
     """Save ``pca{suffix}.png`` (and ``tsne{suffix}.png``) of up to ``n`` real and ``n`` synthetic
     windows."""
-    plt = _plt()
+    plt = pyplot()
     rng = np.random.default_rng(seed)
     r = real[rng.permutation(len(real))[:n]].mean(2)
     f = fake[rng.permutation(len(fake))[:n]].mean(2)
@@ -51,7 +51,7 @@ def embedding_plots(real: np.ndarray, fake: np.ndarray, out_dir: Path, n: int = 
 
 def overlay(real: np.ndarray, fake: np.ndarray, columns: list[str], path: Path, k: int = 4) -> Path:
     """Save ``k`` real and ``k`` synthetic series per feature (up to 6 features) side by side."""
-    plt = _plt()
+    plt = pyplot()
     F = min(real.shape[2], 6)
     fig, axes = plt.subplots(F, 2, figsize=(10, 1.8 * F), squeeze=False, sharex=True)
     for f in range(F):
