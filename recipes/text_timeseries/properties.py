@@ -15,12 +15,13 @@ Every channel shares the properties (each has its own magnitudes, phase and nois
 
 :func:`estimate` measures the properties of any series by least squares over the generator's own
 family: for every season (none or a period) and every event (none, a spike at step j, a shift at
-step k) it fits intercept + slope + season + event to all channels at once and keeps the model with
-the lowest BIC (seasons and events pay more: their period and position are searched). The fitted slope gives
-the trend, the model's period the season, the residual standard deviation the noise level, the
-event's kind and position the event. On clean series of the generator the true model fits exactly,
-so every property comes back exactly; under the generator's noise the margins are several standard
-errors wide (``tests/test_text_timeseries.py`` measures both).
+step k) it fits intercept + slope + season + event to all channels at once and keeps the model
+with the lowest BIC (seasons and events pay more: their period and position are searched). The
+fitted slope gives the trend, the model's period the season, the event's kind and position the
+event, and the step-to-step changes of the residual the noise level (:func:`noise_level`). On
+clean series of the generator the true model fits exactly, so every property comes back exactly;
+under the generator's noise the estimators err on well under 0.5% of series
+(``tests/test_text_timeseries.py`` measures both).
 
 Shapes: N series, L steps, F channels.
 """
@@ -202,14 +203,11 @@ def estimate(x: np.ndarray) -> list[Properties]:
     out = []
     for s in range(N):
         p, kind, at = keys[choice[s]]
-        X = bases[choice[s]]
         y = x[s]  # L F
         # the slope in user units: refit with the raw (non-orthonormal) design
         cols = _raw_design(L, p, kind, at)
         coef, *_ = np.linalg.lstsq(cols, y, rcond=None)
-        resid = y - cols @ coef
-        dof = max(n - X.shape[1] * F, 1)
-        sigma = float(np.sqrt((resid ** 2).sum() / dof))
+        sigma = noise_level(y - cols @ coef)
         slope = float(coef[1].mean())
         trend = "rising" if slope > SLOPE_THRESHOLD else "falling" if slope < -SLOPE_THRESHOLD else "flat"
         if kind == "none":
@@ -220,6 +218,16 @@ def estimate(x: np.ndarray) -> list[Properties]:
             event = f"{kind}@{where}"
         out.append(Properties(trend, p, "high" if sigma > SIGMA_THRESHOLD else "low", event))
     return out
+
+
+def noise_level(resid: np.ndarray) -> float:
+    """The noise standard deviation in a residual ``(L, F)``: the median absolute step-to-step
+    change, scaled to a standard deviation (for white noise, the steps have std sqrt(2) sigma).
+    Step changes see the noise and hardly anything slow: a fitted shape that is slightly off (a
+    generated cycle a little out of shape) is not counted as noise, and the median ignores a
+    missed spike."""
+    d = np.diff(resid, axis=0).ravel()
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
 
 
 def _raw_design(length: int, period: int, kind: str, at: int) -> np.ndarray:
