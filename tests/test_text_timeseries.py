@@ -168,7 +168,8 @@ def test_bad_pairs_fail_with_a_message_that_names_them(recipe, tmp_path, capsys)
              ([("ok", good[:-1] + [float("nan")])], "pair 0: series contains NaN"),
              ([("ok", good), ("ok", good[:20])], "pair 1: series has 20 steps, expected 32"),
              ([("ok", [[1, 2]] * 16 + [[1]] * 16)], "pair 0: series must be"),
-             ([("only a caption",)], "pair 0: expected \\(caption, series\\)")]
+             ([("only a caption",)], "pair 0: expected \\(caption, series\\)"),
+             ([("é" * 200, good)], "more than data.max_len=192")]
     for data, message in cases:
         with pytest.raises(ValueError, match=message):
             recipe.run("tiny", [f"run_dir={tmp_path / 'x'}"], data=data)

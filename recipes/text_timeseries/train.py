@@ -90,6 +90,11 @@ def setup(c: TTSConfig, run_dir: Path, data=None) -> TrainJob:
     examples = [encode_pair(model, cap, x, rng.random() < d.series_first, d.noise_limit)
                 for cap, x in zip(train.captions, train.values)]
 
+    longest = max(sum(model.adapter(it.modality).num_positions(it.payload) for it in ex) for ex in examples)
+    if longest > d.max_len:
+        raise ValueError(f"the longest pair takes {longest} positions (caption tokens + series patches + 4 "
+                         f"markers), more than data.max_len={d.max_len}: raise data.max_len")
+
     def collate(model, batch, seeds):
         return model.collate(batch, max_len=d.max_len, pack=True, seeds=seeds)
 
