@@ -259,7 +259,8 @@ class _StderrHandler(logging.StreamHandler):
 
     @stream.setter
     def stream(self, value):
-        pass
+        """Ignored: ``StreamHandler.__init__`` assigns a stream; this handler always uses the
+        current ``sys.stderr``."""
 
 
 def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:

@@ -15,6 +15,7 @@ the leftovers of interrupted writes cleaned up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -40,10 +41,8 @@ def _close_inherited() -> None:
     """In a forked child (a data-loading worker): drop the copies of the parent's lock
     descriptors, so the lock dies with the process that took it, not with its last child."""
     for fd in list(_HELD):
-        try:
+        with contextlib.suppress(OSError):  # already closed in this child
             os.close(fd)
-        except OSError:
-            pass
     _HELD.clear()
 
 

@@ -164,6 +164,8 @@ def test_your_pairs_from_python_and_files(recipe, tmp_path):
     run = recipe.run("tiny", [f"run_dir={tmp_path / 'py'}", "data.held_out=0.2"], data=pairs)
     res = json.loads((run / "eval.json").read_text())
     assert res["groups"] == {"test": 8} and "text_to_series" in res  # our vocabulary: measured
+    few = recipe.run("tiny", [f"run_dir={tmp_path / 'few'}", "data.held_out=0.1"], data=pairs[:30])
+    assert "disc" not in json.loads((few / "eval.json").read_text())  # 3 held out: too few to score, no crash
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps({"caption": c, "series": s}) + "\n" for c, s in pairs))
     assert main(["run", "text_timeseries", "--preset", "tiny", f"run_dir={tmp_path / 'f'}",

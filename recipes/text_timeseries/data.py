@@ -61,7 +61,7 @@ class Pairs:
         return self.subset(i for i, g in enumerate(self.groups) if g == name)
 
     def save(self, path: Path) -> None:
-        np.savez(path, values=self.values, captions=np.array(self.captions, dtype=object).astype(str),
+        np.savez(path, values=self.values, captions=np.array(self.captions, dtype=str),
                  groups=np.array(self.groups or [""] * len(self), dtype=str))
 
     @classmethod

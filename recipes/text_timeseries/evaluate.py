@@ -41,6 +41,7 @@ from .sample import load_run
 from .train import MODALITY, test_pairs
 
 log = logging.getLogger("fusion_core")
+DISC_MIN_PAIRS = 4  # the discriminative classifier's least windows per side
 
 
 def text_to_series(model: FusionModel, c: TTSConfig, captions: list[str], shape, seed: int) -> np.ndarray:
@@ -112,7 +113,10 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
     caps = series_to_text(model, c, test.values)
     first = test.group(groups[0])
     idx = [i for i, g in enumerate(test.groups) if g == groups[0]]
-    res["disc"] = discriminative_score(first.values, fake[idx], iters=e.disc_iters, seed=e.seed)
+    if len(idx) >= DISC_MIN_PAIRS:
+        res["disc"] = discriminative_score(first.values, fake[idx], iters=e.disc_iters, seed=e.seed)
+    else:
+        log.warning("%d test pairs: too few for a discriminative score (needs %d)", len(idx), DISC_MIN_PAIRS)
     res["caption_examples"] = [(test.captions[i], caps[i]) for i in idx[:6]]
     if test.properties:
         res["text_to_series"], res["series_to_text"] = {}, {}

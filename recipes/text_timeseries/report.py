@@ -16,48 +16,48 @@ from .data import Pairs
 from .properties import PROPERTIES
 
 
-def series_grid(pairs: Pairs, drawn: np.ndarray, path: Path, cols: int = 2) -> Path:
-    """One panel per caption: the real series (black) and series generated from its caption
-    (``drawn`` ``(N, k, L, F)``, in colour); the first channel."""
+def _captioned_panels(captions: list[str], path: Path, draw, cols: int = 2) -> Path:
+    """One panel per caption (titled with it), ``draw(ax, k)`` filling panel ``k``; saved as a PNG."""
     plt = pyplot()
-    rows = -(-len(pairs) // cols)
+    rows = -(-len(captions) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 2.3 * rows), squeeze=False)
-    for ax in axes.flat[len(pairs):]:
+    for ax in axes.flat[len(captions):]:
         ax.axis("off")
-    for k, ax in enumerate(axes.flat[: len(pairs)]):
-        ax.plot(pairs.values[k, :, 0], color="black", lw=1.6, label="real")
-        for j in range(drawn.shape[1]):
-            ax.plot(drawn[k, j, :, 0], lw=1, alpha=0.8, label="generated" if j == 0 else None)
-        ax.set_title("\n".join(textwrap.wrap(pairs.captions[k], 70)), fontsize=7)
+    for k, ax in enumerate(axes.flat[: len(captions)]):
+        draw(ax, k)
+        ax.set_title("\n".join(textwrap.wrap(captions[k], 70)), fontsize=7)
         ax.tick_params(labelsize=6)
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def series_grid(pairs: Pairs, drawn: np.ndarray, path: Path) -> Path:
+    """One panel per caption: the real series (black) and series generated from its caption
+    (``drawn`` ``(N, k, L, F)``, in colour); the first channel."""
+
+    def draw(ax, k):
+        ax.plot(pairs.values[k, :, 0], color="black", lw=1.6, label="real")
+        for j in range(drawn.shape[1]):
+            ax.plot(drawn[k, j, :, 0], lw=1, alpha=0.8, label="generated" if j == 0 else None)
+
+    return _captioned_panels(pairs.captions, path, draw)
 
 
 def forecast_plot(pairs: Pairs, with_caption: np.ndarray, alone: np.ndarray, history: int, path: Path,
                   k: int = 6) -> Path:
     """The first ``k`` forecasts: history and truth (black), with the caption (blue), without (orange)."""
-    plt = pyplot()
-    k = min(k, len(pairs))
-    fig, axes = plt.subplots(-(-k // 2), 2, figsize=(12, 2.3 * -(-k // 2)), squeeze=False)
-    for ax in axes.flat[k:]:
-        ax.axis("off")
-    for i, ax in enumerate(axes.flat[:k]):
+    steps = range(history, pairs.values.shape[1])
+
+    def draw(ax, i):
         ax.plot(pairs.values[i, :, 0], color="black", lw=1.6, label="real")
-        ax.plot(range(history, len(alone[i])), alone[i, history:, 0], color="tab:orange", lw=1, label="history only")
-        ax.plot(range(history, len(alone[i])), with_caption[i, history:, 0], color="tab:blue", lw=1,
-                label="history + caption")
+        ax.plot(steps, alone[i, history:, 0], color="tab:orange", lw=1, label="history only")
+        ax.plot(steps, with_caption[i, history:, 0], color="tab:blue", lw=1, label="history + caption")
         ax.axvline(history - 0.5, color="grey", ls=":")
-        ax.set_title("\n".join(textwrap.wrap(pairs.captions[i], 70)), fontsize=7)
-        ax.tick_params(labelsize=6)
-    axes.flat[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+
+    return _captioned_panels(pairs.captions[:k], path, draw)
 
 
 def _table(title: str, accs: dict) -> list[str]:
@@ -82,8 +82,9 @@ def write_report(out_dir: Path, run_dir: Path, c: TTSConfig, res: dict) -> Path:
     if "text_to_series" in res:
         lines += _table("Text → series: properties of generated series measured back", res["text_to_series"])
         lines += _table("Series → text: properties parsed from generated captions", res["series_to_text"])
-    lines += [f"Discriminative score of series generated from captions vs the real series with those captions: "
-              f"**{res['disc']:.4f}** (0 = indistinguishable).", ""]
+    if "disc" in res:
+        lines += [f"Discriminative score of series generated from captions vs the real series with those "
+                  f"captions: **{res['disc']:.4f}** (0 = indistinguishable).", ""]
     if "forecast" in res:
         f = res["forecast"]
         lines += [f"**Text-conditioned forecasting** ({f['n']} series, {f['history']} steps given):", "",
