@@ -29,15 +29,18 @@ class TTSDataArgs:
     source: str = "synthetic"
     length: int = 64  # steps per series
     features: int = 1  # channels per series (synthetic)
-    examples: int = 50000  # synthetic training series
+    # synthetic training pairs; steps x batch (320000) = a fresh pair every sample: with 50000 pairs
+    # seen 6.4 times, seed 0's generated cycles lost their period (docs/results.md)
+    examples: int = 320000
     held_out_combinations: int = 12  # property combinations never trained on (synthetic)
     combination_seed: int = 0
     # share of pairs in captioning order (series, then caption): the two directions share one
     # budget; more captioning pairs help captions and cost text → series (docs/results.md)
     series_first: float = 0.4
-    # t cap for series that precede their caption (Transfusion's is 500 for images); a noise level
-    # of 0.03 vs 0.16 standard deviations is buried beyond t ~ 200; 0 = off
-    noise_limit: int = 200
+    # t cap for series that precede their caption (Transfusion's is 500 for images): the cleaner the
+    # series, the sooner captions learn where an event is (seed 0, event in captions: 0.733 at
+    # t <= 200, 0.963 at 100, 0.973 at 50); 0 = off
+    noise_limit: int = 50
     max_len: int = 128  # packed row length (a pair takes ~41 positions)
     stride: int = 4  # real series: steps between training windows
     held_out: float = 0.1  # your pairs: share kept out of training for `fusion evaluate`
