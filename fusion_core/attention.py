@@ -99,6 +99,19 @@ def _flex_fn(compiled: bool):
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
+def sdpa(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``F.scaled_dot_product_attention``, but on the CPU a half-precision ``q, k, v`` (bf16
+    autocast) is attended in fp32 and the result cast back: the CPU kernels are slower in bf16
+    than in fp32 (the flash backward ~4x, the forward ~1.5x; torch 2.13, AVX-512 without AMX),
+    while the matmuls around them are ~2x faster in bf16 — so a bf16 training step on a CPU gains
+    only with the attention kept in fp32 (bench/engine.py --precision)."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        dtype = q.dtype
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, backend: str = "auto",
            dropout_p: float = 0.0) -> Tensor:
     """Softmax attention of ``q`` over ``k, v`` (all ``B H L D``) under ``mask``.
@@ -110,10 +123,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, backend: str = 
     backend = resolve_backend(backend, q.device, mask.kind, needs_grad)
     if backend == "sdpa":
         if mask.kind == "causal":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+            return sdpa(q, k, v, is_causal=True, dropout_p=dropout_p)
         if mask.kind == "full":
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), dropout_p=dropout_p)
+            return sdpa(q, k, v, dropout_p=dropout_p)
+        return sdpa(q, k, v, attn_mask=mask.dense(), dropout_p=dropout_p)
     if backend == "flex":
         if not needs_grad:  # flex checks requires_grad, not grad mode, before refusing CPU
             q, k, v = q.detach(), k.detach(), v.detach()

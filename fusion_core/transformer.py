@@ -28,7 +28,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import BACKENDS, attend
+from .attention import BACKENDS, attend, sdpa
 from .layout import SequenceLayout
 from .masks import AttentionMask, dense_mask
 
@@ -173,7 +173,7 @@ def cached_attention(q: Tensor, k: Tensor, v: Tensor, cache: "KVCache", layer: i
     if commit:
         cache.k[layer, :, :, start : start + n] = k
         cache.v[layer, :, :, start : start + n] = v
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    return sdpa(q, keys, values, attn_mask=mask)
 
 
 class FeedForward(nn.Module):

@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 
-from fusion_core.attention import BackendUnavailable, attend, resolve_backend
+from fusion_core.attention import BackendUnavailable, attend, resolve_backend, sdpa
 from fusion_core.masks import AttentionMask
 from layouts import layouts, naive_rule
 
@@ -64,6 +65,32 @@ def test_fast_paths_equal_explicit_masks(kind):
     torch.testing.assert_close(fast, explicit)
     with torch.no_grad():
         torch.testing.assert_close(attend(q, k, v, AttentionMask(kind), "flex"), fast, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_half_precision_attention_runs_in_fp32_and_casts_back():
+    """bf16 q, k, v on the CPU (autocast training): attended in fp32, returned in bf16, and the
+    gradients reach the bf16 inputs; fp32 inputs take the plain kernel, bit for bit."""
+    torch.manual_seed(0)
+    B, H, L, D = 2, 2, 12, 8
+    allowed = torch.rand(B, 1, L, L) < 0.6
+    allowed |= torch.eye(L, dtype=torch.bool)
+    q, k, v = (torch.randn(B, H, L, D).bfloat16().requires_grad_() for _ in range(3))
+    out = sdpa(q, k, v, attn_mask=allowed)
+    assert out.dtype == torch.bfloat16
+    fp32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=allowed)
+    assert torch.equal(out, fp32.bfloat16())  # the fp32 kernel's result, rounded once
+    q32, k32, v32 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = naive_attention(q32, k32, v32, allowed[:, 0])
+    # rounding the fp32 result to bf16 is the only error: ~2^-8 relative
+    torch.testing.assert_close(out.double(), ref, atol=1e-2, rtol=8e-3)
+    w = torch.randn(B, H, L, D, dtype=torch.float64)
+    (out.double() * w).sum().backward()
+    (ref * w).sum().backward()
+    for t, t32 in zip((q, k, v), (q32, k32, v32)):
+        assert t.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(t.grad.double(), t32.grad, atol=3e-2, rtol=2e-2)
+    a, b, c = (t.detach().float() for t in (q, k, v))
+    assert torch.equal(sdpa(a, b, c, is_causal=True), F.scaled_dot_product_attention(a, b, c, is_causal=True))
 
 
 def test_auto_picks_sdpa_on_cpu_and_flex_for_mixed_cuda():
