@@ -124,6 +124,18 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
 
 
+def test_bf16_autocast_on_cpu_follows_the_fp32_run(tmp_path):
+    """``train.precision=bf16`` on a CPU: the weights stay fp32 and the losses track the fp32
+    run's to bf16 rounding (the attention runs in fp32 inside autocast)."""
+    a = _trainer(tmp_path / "a").fit()
+    t = _trainer(tmp_path / "b", precision="bf16")
+    b = t.fit()
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())
+    for x, y in zip(a, b):
+        assert math.isfinite(y["loss"]) and y["loss"] == pytest.approx(x["loss"], rel=5e-3)
+    assert b[-1]["loss"] != a[-1]["loss"]  # autocast did run in bf16
+
+
 def test_training_clock_carries_over_a_resume(tmp_path):
     """Reports state the wall time of the whole run, not of its last segment."""
     first = _trainer(tmp_path, steps=4, ckpt_every=4)
