@@ -63,8 +63,8 @@ def main():
     torch.set_num_threads(2)
     recipe = get_recipe(a.recipe)
     c = to_object(recipe.load_config(a.preset))
-    n = (a.warmup + a.steps) * c.train.batch_size
-    if hasattr(c.data, "examples"):  # no more pairs than the steps take
+    if getattr(c.data, "examples", 0):  # no more pairs than the steps take
+        n = (a.warmup + a.steps) * c.train.batch_size
         c = dataclasses.replace(c, data=dataclasses.replace(c.data, examples=min(c.data.examples, n)))
     rows = []
     for r in range(a.repeats):

@@ -98,6 +98,15 @@ def test_held_out_combinations_never_reach_training(recipe):
     assert not set(test.group("seen").properties) & held
 
 
+def test_by_default_every_training_sample_is_a_new_pair(recipe):
+    c = to_object(recipe.load_config("tiny", overrides=["data.examples=0", "train.steps=3", "train.batch_size=8"]))
+    train, _ = load_pairs(c)
+    assert c.training_pairs == 24 and len(train) == 24
+    assert len(set(train.captions)) > 12  # drawn, not repeated
+    with pytest.raises(ValueError, match="data.examples must be >= 0"):
+        recipe.load_config("tiny", overrides=["data.examples=-1"])
+
+
 def test_pairs_are_laid_out_in_both_orders_with_noise_limiting(recipe):
     c = to_object(recipe.load_config("tiny"))
     model = build_model(c, 1)

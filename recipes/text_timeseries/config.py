@@ -29,9 +29,9 @@ class TTSDataArgs:
     source: str = "synthetic"
     length: int = 64  # steps per series
     features: int = 1  # channels per series (synthetic)
-    # synthetic training pairs; steps x batch (320000) = a fresh pair every sample: with 50000 pairs
-    # seen 6.4 times, seed 0's generated cycles lost their period (docs/results.md)
-    examples: int = 320000
+    # synthetic training pairs; 0: train.steps x train.batch_size, a new pair for every sample (with
+    # 50000 pairs seen 6.4 times, seed 0's generated cycles lost their period: docs/results.md)
+    examples: int = 0
     held_out_combinations: int = 12  # property combinations never trained on (synthetic)
     combination_seed: int = 0
     # share of pairs in captioning order (series, then caption): the two directions share one
@@ -52,9 +52,11 @@ class TTSDataArgs:
                              f"pairs, got {self.source!r}")
         if self.length < 32:
             raise ValueError(f"data.length must be >= 32 (the longest period is 24 steps), got {self.length}")
-        for key in ("features", "examples", "max_len", "stride"):
+        for key in ("features", "max_len", "stride"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.examples < 0:
+            raise ValueError(f"data.examples must be >= 0 (0: train.steps x train.batch_size), got {self.examples}")
         if not 0 <= self.held_out_combinations < len(ALL_COMBINATIONS) // 2:
             raise ValueError(f"data.held_out_combinations must be in [0, {len(ALL_COMBINATIONS) // 2}), "
                              f"got {self.held_out_combinations}")
@@ -121,8 +123,13 @@ class TTSConfig:
     data: TTSDataArgs = field(default_factory=TTSDataArgs)
     model: TTSModelArgs = field(default_factory=TTSModelArgs)
     train: TrainArgs = field(default_factory=lambda: TrainArgs(
-        steps=5000, batch_size=64, ckpt_every=500, log_every=50, ema_decay=0.999,
+        steps=5400, batch_size=64, ckpt_every=500, log_every=50, ema_decay=0.999,
         optim=OptimArgs(lr=2e-3, min_lr=1e-4, warmup=200, weight_decay=0.1)))
     sample: SampleArgs = field(default_factory=lambda: SampleArgs(sampler="dpm_solver", steps=25, guidance=3.0,
                                                                   max_new_tokens=160, clip_x0=CLIP))
     eval: TTSEvalArgs = field(default_factory=TTSEvalArgs)
+
+    @property
+    def training_pairs(self) -> int:
+        """Synthetic training pairs to draw: ``data.examples``, or one per training sample."""
+        return self.data.examples or self.train.steps * self.train.batch_size

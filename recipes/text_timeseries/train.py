@@ -62,7 +62,7 @@ def load_pairs(c: TTSConfig, data=None) -> tuple[D.Pairs, D.Pairs | None]:
     are drawn again at evaluation)."""
     d = c.data
     if data is None and d.source == "synthetic":
-        return D.synthetic(d, d.examples, c.train.seed, "train"), None
+        return D.synthetic(d, c.training_pairs, c.train.seed, "train"), None
     if data is None and d.source == "real":
         return D.real(d, c.train.seed)
     return D.user_pairs(d, data, c.train.seed)
