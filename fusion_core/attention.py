@@ -104,7 +104,7 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     autocast) is attended in fp32 and the result cast back: the CPU kernels are slower in bf16
     than in fp32 (the flash backward ~4x, the forward ~1.5x; torch 2.13, AVX-512 without AMX),
     while the matmuls around them are ~2x faster in bf16 — so a bf16 training step on a CPU gains
-    only with the attention kept in fp32 (bench/engine.py --precision)."""
+    only with the attention kept in fp32 (bench/cpu_precision.py)."""
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         dtype = q.dtype
         with torch.autocast("cpu", enabled=False):
