@@ -10,7 +10,6 @@ machine's noise. Prints a table and a JSON line; ratios are step time vs fp32 (<
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 import time
@@ -31,17 +30,19 @@ MODES = {  # name: (train.precision, attention in fp32 on the CPU)
 }
 
 
-def step_times(recipe, c, mode: str, steps: int, warmup: int) -> list[float]:
+def step_times(recipe, preset: str, mode: str, steps: int, warmup: int) -> list[float]:
     precision, attn_fp32 = MODES[mode]
-    train = dataclasses.replace(c.train, precision=precision, steps=warmup + steps, progress=False,
-                                ckpt_every=10 * (warmup + steps), log_every=10 * (warmup + steps))
+    n = warmup + steps  # a recipe whose data.examples is 0 draws just the pairs these steps take
+    c = to_object(recipe.load_config(preset, overrides=[
+        f"train.precision={precision}", f"train.steps={n}", "train.progress=false",
+        f"train.ckpt_every={10 * n}", f"train.log_every={10 * n}"]))
     torch.manual_seed(0)
-    job = recipe.setup(dataclasses.replace(c, train=train), None, None)
+    job = recipe.setup(c, None, None)
     saved = attention.sdpa
     attention.sdpa = saved if attn_fp32 else F.scaled_dot_product_attention
     try:
         with tempfile.TemporaryDirectory() as d:
-            t = Trainer(job.model, job.dataset, job.collate, train, d)
+            t = Trainer(job.model, job.dataset, job.collate, c.train, d)
             times = []
             for _ in range(warmup + steps):
                 t0 = time.perf_counter()
@@ -62,15 +63,11 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(2)
     recipe = get_recipe(a.recipe)
-    c = to_object(recipe.load_config(a.preset))
-    if getattr(c.data, "examples", 0):  # no more pairs than the steps take
-        n = (a.warmup + a.steps) * c.train.batch_size
-        c = dataclasses.replace(c, data=dataclasses.replace(c.data, examples=min(c.data.examples, n)))
     rows = []
     for r in range(a.repeats):
         row = {"repeat": r}
         for mode in MODES:
-            row[f"{mode} ms"] = 1e3 * statistics.median(step_times(recipe, c, mode, a.steps, a.warmup))
+            row[f"{mode} ms"] = 1e3 * statistics.median(step_times(recipe, a.preset, mode, a.steps, a.warmup))
         for mode in list(MODES)[1:]:
             row[f"{mode} / fp32"] = row[f"{mode} ms"] / row["fp32 ms"]
         rows.append(row)

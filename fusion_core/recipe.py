@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -164,7 +164,7 @@ class Recipe:
             trainer.export(run_dir / "model", {"recipe": self.name})
             shutdown(info)
             if info.is_main:
-                write_train_time(run_dir, trainer.train_seconds)
+                write_train_time(run_dir, trainer.train_seconds, trainer.precision)
                 if self.evaluate is not None and getattr(getattr(c, "eval", None), "after_train", False):
                     self.evaluate(run_dir, [])
         finally:
@@ -231,20 +231,32 @@ def machine_description() -> str:
     return f"{dev}, {platform.machine()}, torch {torch.__version__}"
 
 
-def write_train_time(run_dir: Path, seconds: float) -> None:
+class TrainTime(NamedTuple):
+    """How a run trained: wall seconds, the machine, and the precision (``Trainer.precision``)."""
+
+    seconds: float
+    machine: str
+    precision: str
+
+    def __str__(self) -> str:  # "724 s (bf16 autocast)", for reports
+        return f"{self.seconds:.0f} s" + (f" ({self.precision})" if self.precision else "")
+
+
+def write_train_time(run_dir: Path, seconds: float, precision: str = "") -> None:
     """Record ``train_time.json``: training wall seconds (``Trainer.train_seconds``: every resumed
-    segment, carried in the checkpoints) and this machine."""
+    segment, carried in the checkpoints), this machine and the precision trained in."""
     from .checkpoint import atomic_write_text
 
     atomic_write_text(Path(run_dir) / "train_time.json",
-                      json.dumps({"seconds": seconds, "machine": machine_description()}))
+                      json.dumps({"seconds": seconds, "machine": machine_description(), "precision": precision}))
 
 
-def read_train_time(run_dir: Path) -> tuple[float, str]:
-    """``(seconds, machine)`` of a run's training; ``(nan, "")`` when it never finished."""
+def read_train_time(run_dir: Path) -> TrainTime:
+    """A run's :class:`TrainTime`; ``(nan, "", "")`` when it never finished (runs recorded before
+    the precision was kept have ``precision == ""``)."""
     path = Path(run_dir) / "train_time.json"
     info = json.loads(path.read_text()) if path.is_file() else {}
-    return float(info.get("seconds", float("nan"))), info.get("machine", "")
+    return TrainTime(float(info.get("seconds", float("nan"))), info.get("machine", ""), info.get("precision", ""))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -278,5 +290,5 @@ def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
 
 
 __all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "machine_description", "parse_command",
-           "prepare_run_dir", "read_train_time", "registered_recipes", "setup_logging", "to_yaml",
+           "prepare_run_dir", "read_train_time", "TrainTime", "registered_recipes", "setup_logging", "to_yaml",
            "write_train_time"]

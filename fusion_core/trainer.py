@@ -181,6 +181,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.modalities = list(self.model.adapters)
         bf16 = args.precision == "bf16" or (args.precision == "auto" and self.info.device.type == "cuda")
+        self.precision = "bf16 autocast" if bf16 else "fp32"  # what train.precision resolved to here
         self.autocast = (lambda: torch.autocast(self.info.device.type, dtype=torch.bfloat16)) if bf16 \
             else contextlib.nullcontext
 

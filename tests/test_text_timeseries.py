@@ -9,7 +9,7 @@ import pytest
 
 from fusion_core.cli import main
 from fusion_core.config import to_object
-from fusion_core.recipe import get_recipe
+from fusion_core.recipe import get_recipe, read_train_time
 from fusion_core.recipes.text_timeseries import captions as C
 from fusion_core.recipes.text_timeseries import data as D
 from fusion_core.recipes.text_timeseries import properties as P
@@ -154,6 +154,8 @@ def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_p
     for name in ("report.md", "text_to_series.png", "forecasts.png"):
         assert (run / name).stat().st_size > 0
     assert "Text → series" in (run / "report.md").read_text()
+    trained = read_train_time(run)  # the preset's train.precision=auto resolved on this CPU
+    assert trained.seconds > 0 and trained.precision == "fp32" and f"Training {trained}," in (run / "report.md").read_text()
     capsys.readouterr()
     assert main(["sample", str(run), "--caption", "It climbs, with no cycle, little noise and no events.",
                  "--n", "2"]) == 0

@@ -131,6 +131,7 @@ def test_bf16_autocast_on_cpu_follows_the_fp32_run(tmp_path):
     t = _trainer(tmp_path / "b", precision="bf16")
     b = t.fit()
     assert all(p.dtype == torch.float32 for p in t.model.parameters())
+    assert t.precision == "bf16 autocast" and _trainer(tmp_path / "c").precision == "fp32"
     for x, y in zip(a, b):
         assert math.isfinite(y["loss"]) and y["loss"] == pytest.approx(x["loss"], rel=5e-3)
     assert b[-1]["loss"] != a[-1]["loss"]  # autocast did run in bf16

@@ -29,14 +29,14 @@ def save_grid(imgs: torch.Tensor, path: Path, cols: int = 10) -> Path:
 
 
 def write_report(run_dir: Path, c: MMConfig, res: dict) -> Path:
-    secs, _ = read_train_time(run_dir)
+    trained = read_train_time(run_dir)
     m = c.model
     data = "text only" if c.data.text_only else "digits + prose" if c.data.source == "digits" else c.data.source
     lines = [f"# Transfusion run `{run_dir.name}`", "",
              f"Model {m.dim} wide, {m.n_layers} layers, {m.image_design} {m.patch_size}x{m.patch_size} patches, "
              f"{m.image_attention} attention in images; {c.train.steps} steps of {c.train.batch_size} examples "
              f"(rows of {c.data.max_len}); {data}; seed {c.train.seed}.", "",
-             f"Machine: {res['machine']}. Training {secs:.0f} s, evaluation {res['eval_seconds']:.0f} s.", "",
+             f"Machine: {res['machine']}. Training {trained}, evaluation {res['eval_seconds']:.0f} s.", "",
              "| metric | value |", "| --- | --- |"]
     if "bpb" in res:
         lines.append(f"| held-out prose, bits per byte | {res['bpb']:.4f} |")

@@ -70,14 +70,14 @@ def _table(title: str, accs: dict) -> list[str]:
 
 
 def write_report(out_dir: Path, run_dir: Path, c: TTSConfig, res: dict) -> Path:
-    secs, _ = read_train_time(run_dir)
+    trained = read_train_time(run_dir)
     m, d = c.model, c.data
     pairs = f", {c.training_pairs} training pairs" if d.source == "synthetic" else ""
     lines = [f"# Text ↔ time series run `{Path(run_dir).name}`", "",
              f"Model {m.dim} wide, {m.n_layers} layers, series patches of {m.patch} steps; {c.train.steps} steps of "
              f"{c.train.batch_size} pairs ({d.series_first:.0%} series first, noise limit {d.noise_limit or 'off'}); "
              f"data {d.source} (series {d.length} steps{pairs}); seed {c.train.seed}.", "",
-             f"Machine: {res['machine']}. Training {secs:.0f} s ({c.train.precision} precision), evaluation {res['eval_seconds']:.0f} s. "
+             f"Machine: {res['machine']}. Training {trained}, evaluation {res['eval_seconds']:.0f} s. "
              f"Sampling: {c.eval.sample.sampler}, {c.eval.sample.steps} steps, guidance {res['guidance']}.", "",
              f"Test pairs: {res['groups']}.", ""]
     if "text_to_series" in res:

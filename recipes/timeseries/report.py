@@ -29,13 +29,13 @@ def _cell(v: dict) -> str:
 
 
 def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], name: str = "report.md") -> Path:
-    tt, train_machine = read_train_time(run_dir)
+    trained = read_train_time(run_dir)
     m = c.model
     lines = [f"# TransFusion time-series run: `{run_dir.name}`", "",
              f"Data `{c.data.source}`, windows of {c.data.length} steps; model {m.dim} wide, "
              f"{m.n_layers} layers, {m.prediction}-prediction, {m.schedule} schedule, "
              f"T = {m.T}; {c.train.steps} steps of batch {c.train.batch_size}.", "",
-             f"Training {tt:.0f} s" + (f" on {train_machine}" if train_machine else "") + "; evaluation on "
+             f"Training {trained}" + (f" on {trained.machine}" if trained.machine else "") + "; evaluation on "
              f"{result['machine']}: sampling {result['n_fake']} series "
              f"with {result['sampler']} ({result['steps']} steps) {result['sample_seconds']:.1f} s.", "",
              f"Scores on {result['n_real']} held-out real windows vs {result['n_fake']} generated "
