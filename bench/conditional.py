@@ -16,7 +16,7 @@ import torch
 from common import print_json, print_table
 from fusion_core.diffusion import GaussianDiffusion, make_sampler
 from fusion_core.diffusion.repaint import repaint
-from fusion_core.recipe import machine_description
+from fusion_core.engine.recipe import machine_description
 
 SETTINGS = [("ddpm", 50, 1), ("ddim", 25, 1), ("ddim", 25, 10), ("ddim", 25, 20), ("ddpm", 50, 10),
             ("ddpm", 100, 10), ("ddpm", 25, 3), ("ddpm", 25, 10), ("ddpm", 25, 20)]

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 import fusion_core.attention as attention
 from common import print_json, print_table
-from fusion_core.config import to_object
-from fusion_core.recipe import get_recipe
-from fusion_core.trainer import Trainer
+from fusion_core.engine.config import to_object
+from fusion_core.engine.recipe import get_recipe
+from fusion_core.engine.trainer import Trainer
 
 MODES = {  # name: (train.precision, attention in fp32 on the CPU)
     "fp32": ("fp32", True),

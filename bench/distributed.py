@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from common import print_json, print_table
-from fusion_core.recipe import machine_description
+from fusion_core.engine.recipe import machine_description
 
 
 def run(folder: Path, steps: int, nproc: int, strategy: str) -> dict[int, float]:
@@ -23,9 +23,9 @@ def run(folder: Path, steps: int, nproc: int, strategy: str) -> dict[int, float]
             f"train.ckpt_every={steps}", "train.progress=false", f"train.strategy={strategy}"]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "fusion_core.cli", *args]
+               "-m", "fusion_core.engine.cli", *args]
     else:
-        cmd = [sys.executable, "-m", "fusion_core.cli", *args]
+        cmd = [sys.executable, "-m", "fusion_core.engine.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]

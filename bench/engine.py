@@ -13,9 +13,9 @@ import time
 import torch
 
 from common import print_json, print_table
-from fusion_core.config import to_object
-from fusion_core.recipe import get_recipe
-from fusion_core.trainer import Trainer, build_optimizer
+from fusion_core.engine.config import to_object
+from fusion_core.engine.recipe import get_recipe
+from fusion_core.engine.trainer import Trainer, build_optimizer
 
 
 def setup(steps):

@@ -177,7 +177,7 @@ def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cu
     bare loop is; the Trainer itself syncs only when it logs."""
     import tempfile
 
-    from fusion_core.trainer import Trainer, TrainArgs
+    from fusion_core.engine.trainer import Trainer, TrainArgs
 
     device = torch.device(device)
     model, exs = _paper_size(preset_name, L, rows, attn, device)

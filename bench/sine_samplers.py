@@ -15,7 +15,7 @@ from pathlib import Path
 from common import print_json, print_table, sync
 from fusion_core import generation as gen
 from fusion_core.diffusion import make_sampler
-from fusion_core.recipe import machine_description
+from fusion_core.engine.recipe import machine_description
 from fusion_core.recipes.timeseries import metrics
 from fusion_core.recipes.timeseries.sample import load_run
 from fusion_core.recipes.timeseries.train import MODALITY, window_shape

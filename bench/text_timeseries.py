@@ -18,9 +18,9 @@ import torch
 
 from common import print_json, print_table
 from fusion_core import generation as gen
-from fusion_core.config import to_object
+from fusion_core.engine.config import to_object
 from fusion_core.diffusion import make_sampler
-from fusion_core.recipe import get_recipe, machine_description
+from fusion_core.engine.recipe import get_recipe, machine_description
 from fusion_core.recipes.text_timeseries import captions as C
 from fusion_core.recipes.text_timeseries import properties as P
 from fusion_core.recipes.text_timeseries.train import MODALITY, build_model

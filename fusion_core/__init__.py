@@ -10,7 +10,8 @@ What a user of the library meets, from the bottom up (docs/concepts.md and docs/
   ``from_pretrained`` (:mod:`.pretrained`);
 - generation for any modality names (:mod:`.generation`): ``generate``, ``generate_span``,
   ``caption``, ``sample``, ``forecast``, ``impute``, ``sample_long``;
-- the engine: configs, :class:`Trainer`, checkpoints, distributed training, recipes.
+- the engine (:mod:`.engine`): configs, :class:`Trainer`, checkpoints, run folders, distributed
+  training, recipes and the ``fusion`` command.
 """
 
 __version__ = "0.1.0"
@@ -24,10 +25,9 @@ from .generation import (Generated, SampleArgs, caption, forecast, generate, gen
 from .layout import ModalitySpec, Placement, Segment, SequenceLayout, build_layout
 from .masks import AttentionMask, attention_rule
 from .model import Batch, FusionModel, Item, LossOutput
-from .recipe import Recipe, TrainJob, get_recipe
 from .registry import build_adapter
-from .trainer import OptimArgs, Trainer, TrainArgs, seed_everything
 from .transformer import KVCache, Transformer, TransformerArgs, preset
+from .engine import OptimArgs, Recipe, TrainArgs, Trainer, TrainJob, get_recipe, seed_everything
 
 __all__ = [
     "Adapter", "AttentionMask", "BACKENDS", "BackendUnavailable", "Batch", "DDIMSampler", "DDPMSampler",

@@ -75,6 +75,19 @@ class TransformerArgs:
             raise ValueError(f"ffn_dim must be >= 1 or None (8/3 x dim), got {self.ffn_dim}")
         if self.cond_dim < 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"need cond_dim >= 0 and dropout in [0, 1), got {self.cond_dim}, {self.dropout}")
+        for key in ("norm_eps", "rope_theta", "init_std"):  # each must be a positive, finite number
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{key} must be a positive finite number, got {value!r}")
+        if self.rope_theta <= 1:
+            raise ValueError(f"rope_theta must be > 1 (RoPE's base; 10000 is usual), got {self.rope_theta}")
+
+    @property
+    def num_params(self) -> int:
+        """The backbone's parameter count, from the sizes alone (nothing is allocated)."""
+        D, H, C = self.dim, self.hidden_dim, self.cond_dim
+        per_layer = 4 * D * D + 3 * D * H + 2 * D + (2 * self.head_dim if self.qk_norm else 0) + 6 * C * D
+        return self.n_layers * per_layer + D + 2 * C * D
 
     @property
     def head_dim(self) -> int:

@@ -20,8 +20,8 @@ from fusion_core.generation import SampleArgs, generate_span, interleave
 from fusion_core.model import FusionModel, Item
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.text import TextAdapter
-from fusion_core.recipe import Recipe, TrainJob, load_model, parse_command
-from fusion_core.trainer import OptimArgs, TrainArgs
+from fusion_core.engine.recipe import Recipe, TrainJob, load_model, parse_command
+from fusion_core.engine.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs, backbone_args
 
 CAPTIONS = ("horizontal", "vertical")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 
 from fusion_core import FusionModel, TransformerArgs, Trainer, TrainArgs, interleave
-from fusion_core.data import ExampleStream
-from fusion_core.distributed import init_distributed, shutdown
+from fusion_core.engine.data import ExampleStream
+from fusion_core.engine.distributed import init_distributed, shutdown
 from fusion_core.modalities.text import TextAdapter
-from fusion_core.trainer import OptimArgs, seed_everything
+from fusion_core.engine.trainer import OptimArgs, seed_everything
 
 shards, run_dir, steps, workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 info = init_distributed("cpu")

@@ -96,8 +96,12 @@ def test_dotted_path_and_unknown_names():
     assert adapter_class("fusion_core.modalities.timeseries.TimeSeriesAdapter") is TimeSeriesAdapter
     with pytest.raises(ValueError, match=r"unknown adapter 'audio'; registered: \[.*'image'"):
         adapter_class("audio")
-    with pytest.raises(ValueError, match="has no attribute"):
+    with pytest.raises(ValueError, match="is not a registered adapter.*trust_remote_code=True"):
         adapter_class("fusion_core.modalities.text:Nope")
+    with pytest.raises(ValueError, match="has no attribute"):
+        adapter_class("fusion_core.modalities.text:Nope", trust_remote_code=True)
+    with pytest.raises(ValueError, match="not a subclass of fusion_core.Adapter"):
+        adapter_class("os:system", trust_remote_code=True)
 
 
 # -- adapter specifics ----------------------------------------------------------------------------

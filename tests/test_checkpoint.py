@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fusion_core.checkpoint import (CheckpointError, atomic_write_text, find_resumable, list_checkpoints,
+from fusion_core.engine.checkpoint import (CheckpointError, atomic_write_text, find_resumable, list_checkpoints,
                                     load_state, load_weights, save_checkpoint, state_dict_for_safetensors,
                                     verify_checkpoint)
 from fusion_core.modalities.text import TextAdapter
@@ -20,7 +20,7 @@ def test_save_verify_and_keep_last(tmp_path):
     assert (tmp_path / "latest").read_text().strip() == "step_00000004"
     assert verify_checkpoint(cks[-1])["step"] == 4
     assert load_state(cks[-1])["step"] == 4
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".fusion-tmp-*"))
 
 
 def test_truncated_or_corrupt_checkpoint_falls_back(tmp_path, caplog):
@@ -43,7 +43,7 @@ def test_truncated_or_corrupt_checkpoint_falls_back(tmp_path, caplog):
 
 def test_incomplete_temp_folder_is_never_resumed(tmp_path):
     _save(tmp_path, 1)
-    (tmp_path / ".tmp-step_00000002-abc").mkdir()  # a crash mid-write leaves only this
+    (tmp_path / ".fusion-tmp-step_00000002-abc").mkdir()  # a crash mid-write leaves only this
     assert find_resumable(tmp_path).name == "step_00000001"
     assert find_resumable(tmp_path / "nothing") is None
 

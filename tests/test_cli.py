@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from fusion_core.cli import main
+from fusion_core.engine.cli import main
 
 
 def test_help_lists_commands(capsys):
@@ -52,5 +52,5 @@ def test_run_sample_and_plot_end_to_end(tmp_path, capsys):
 def test_console_script_and_module_entry_points_work():
     r = subprocess.run(["fusion", "ls"], capture_output=True, text=True)
     assert r.returncode == 0 and "toy" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "fusion_core.cli", "ls"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "fusion_core.engine.cli", "ls"], capture_output=True, text=True)
     assert r.returncode == 0 and "toy" in r.stdout

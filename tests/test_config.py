@@ -2,8 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fusion_core.config import ConfigError, load_config, to_object, valid_keys
-from fusion_core.recipe import get_recipe, registered_recipes
+from fusion_core.engine.config import ConfigError, load_config, to_object, valid_keys
+from fusion_core.engine.recipe import get_recipe, registered_recipes
 
 
 @dataclass

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from fusion_core import generation as gen
-from fusion_core.cli import main
-from fusion_core.config import to_object
+from fusion_core.engine.cli import main
+from fusion_core.engine.config import to_object
 from fusion_core.diffusion import make_sampler
 from fusion_core.masks import dense_mask
 from fusion_core.model import Item
-from fusion_core.recipe import get_recipe
+from fusion_core.engine.recipe import get_recipe
 from fusion_core.recipes.multimodal_lm import data as D
 from fusion_core.recipes.multimodal_lm.train import build_model, builtin_examples, encode_example, encode_pair
 

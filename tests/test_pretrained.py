@@ -105,16 +105,16 @@ def test_what_cannot_be_loaded_is_named(tmp_path):
     newer = broken("newer", lambda c: c.update(format_version=99))
     with pytest.raises(ValueError, match="model.json is .* bytes, expected"):  # edited after saving
         FusionModel.from_pretrained(newer)
-    from fusion_core.pretrained import load_pretrained
-
     with pytest.raises(ValueError, match="format version 99 is newer than this fusion-core reads"):
-        load_pretrained(newer, verify=False)
+        FusionModel.from_pretrained(newer, verify=False)
     gone = broken("gone", lambda c: c["adapters"]["picture"].update({"class": "my_pkg.images:Missing"}))
+    with pytest.raises(ValueError, match="adapter 'picture': .*'my_pkg.images:Missing' is not a registered adapter"):
+        FusionModel.from_pretrained(gone, verify=False)
     with pytest.raises(ValueError, match="adapter 'picture': its class 'my_pkg.images:Missing' cannot be loaded"):
-        load_pretrained(gone, verify=False)
+        FusionModel.from_pretrained(gone, verify=False, trust_remote_code=True)
     wider = broken("wider", lambda c: c["adapters"]["sensor"]["kwargs"].update(features=3))
     with pytest.raises(ValueError, match=r"adapters.sensor.inp.weight has shape \(32, 4\), the described model \(32, 6\)"):
-        load_pretrained(wider, verify=False)
+        FusionModel.from_pretrained(wider, verify=False)
     with pytest.raises(ValueError, match="no saved model here"):
         FusionModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no such folder"):
@@ -157,7 +157,7 @@ def test_a_run_folder_resolves_to_its_newest_model_and_samples_without_its_data(
     the run's model/ export (or its newest checkpoint, when that is later)."""
     import pandas as pd
 
-    from fusion_core.cli import main
+    from fusion_core.engine.cli import main
 
     rng = np.random.default_rng(0)
     pd.DataFrame({"a": rng.normal(size=300).cumsum(), "b": rng.normal(size=300)}).to_csv(tmp_path / "d.csv", index=False)

@@ -19,16 +19,16 @@ import torch
 from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 
-from fusion_core.checkpoint import list_checkpoints, save_checkpoint
-from fusion_core.cli import main
-from fusion_core.runfolder import RunFolderError, RunLock, clean_leftovers
+from fusion_core.engine.checkpoint import list_checkpoints, save_checkpoint
+from fusion_core.engine.cli import main
+from fusion_core.engine.runfolder import RunFolderError, RunLock, clean_leftovers
 
 TOY = ["--preset", "tiny", "train.progress=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def fusion(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "fusion_core.cli", *args], env=env or ENV,
+    return subprocess.Popen([sys.executable, "-m", "fusion_core.engine.cli", *args], env=env or ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -105,15 +105,18 @@ def test_resume_repairs_a_torn_metrics_line_and_cleans_leftovers(tmp_path, caplo
     straight = losses(run)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "loss": 1.2')  # what a kill during a write leaves
-    (run / "checkpoints" / ".tmp-step_00000006-abc").mkdir()
-    (run / "checkpoints" / ".latest.xyz").write_text("half")
-    (run / ".old-model-123").mkdir()
+    (run / "checkpoints" / ".fusion-tmp-step_00000006-abc").mkdir()
+    (run / "checkpoints" / ".fusion-tmp-latest.xyz").write_text("half")
+    (run / ".fusion-old-model-123").mkdir()
+    (run / ".tmp-step_00000004-k2j_x9aq").mkdir()  # what earlier releases named theirs
+    (run / ".config.yaml.a8dk2_0q").write_text("half")
+    (run / ".my.notes.txt").write_text("a user's own file")  # not ours: kept
     assert main(["resume", str(run), "train.steps=6"]) == 0
     assert "metrics.jsonl:5: dropped an unreadable line" in caplog.text
     got = losses(run)
     assert sorted(got) == [1, 2, 3, 4, 5, 6] and all(got[s] == straight[s] for s in straight)
-    left = [p.name for d in (run, run / "checkpoints") for p in d.iterdir() if p.name.startswith(".")]
-    assert left == [".lock"]
+    left = sorted(p.name for d in (run, run / "checkpoints") for p in d.iterdir() if p.name.startswith("."))
+    assert left == [".lock", ".my.notes.txt"]
     assert clean_leftovers(run) == []
 
 
@@ -123,7 +126,7 @@ def test_a_pickled_state_is_refused_in_one_line_without_suggesting_unsafe_loadin
     ck = list_checkpoints(run / "checkpoints")[-1]
     torch.save({"step": 2, "evil": Path("x")}, ck / "state.pt")  # a pickled object, not a tensor
     manifest = json.loads((ck / "manifest.json").read_text())
-    from fusion_core.checkpoint import _sha256
+    from fusion_core.storage import sha256 as _sha256
 
     manifest["files"]["state.pt"] = {"bytes": (ck / "state.pt").stat().st_size, "sha256": _sha256(ck / "state.pt")}
     (ck / "manifest.json").write_text(json.dumps(manifest))
@@ -236,7 +239,7 @@ def test_kill_loop_ends_bit_identical_to_the_uninterrupted_run(tmp_path):
     steps = 30
     args = [*TOY, f"train.steps={steps}", "train.ckpt_every=2", "train.log_every=1"]
     straight = tmp_path / "straight"
-    assert subprocess.run([sys.executable, "-m", "fusion_core.cli", "run", "toy", *args, f"run_dir={straight}"],
+    assert subprocess.run([sys.executable, "-m", "fusion_core.engine.cli", "run", "toy", *args, f"run_dir={straight}"],
                           env=ENV, capture_output=True).returncode == 0
     rng, kills, runs = random.Random(0), 0, 0
     env = {**ENV, "FUSION_CKPT_WRITE_DELAY": "0.02"}  # checkpoint writes take long enough to be hit

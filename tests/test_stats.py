@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fusion_core.stats import frechet_distance, mean_ci95
+from fusion_core.engine.stats import frechet_distance, mean_ci95
 
 
 def test_frechet_distance_matches_closed_form():

@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from fusion_core.cli import main
-from fusion_core.config import to_object
-from fusion_core.recipe import get_recipe, read_train_time
+from fusion_core.engine.cli import main
+from fusion_core.engine.config import to_object
+from fusion_core.engine.recipe import get_recipe, read_train_time
 from fusion_core.recipes.text_timeseries import captions as C
 from fusion_core.recipes.text_timeseries import data as D
 from fusion_core.recipes.text_timeseries import properties as P

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fusion_core.cli import main
+from fusion_core.engine.cli import main
 from fusion_core import generation as gen
 from fusion_core.diffusion import make_sampler
 from fusion_core.diffusion.repaint import repaint
@@ -338,7 +338,7 @@ def test_data_from_python_arrays_frames_and_datasets(tmp_path, capsys):
     numbers train the same model whichever container holds them; hf: folders load too."""
     import datasets
 
-    from fusion_core.recipe import get_recipe
+    from fusion_core.engine.recipe import get_recipe
 
     recipe = get_recipe("timeseries")
     values = np.cumsum(np.random.default_rng(0).normal(size=(300, 2)), axis=0)

@@ -14,16 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fusion_core.config import to_object
-from fusion_core.recipe import get_recipe
-from fusion_core.trainer import EMA, OptimArgs, Trainer, TrainingDiverged, lr_factor
+from fusion_core.engine.config import to_object
+from fusion_core.engine.recipe import get_recipe
+from fusion_core.engine.trainer import EMA, OptimArgs, Trainer, TrainingDiverged, lr_factor
 
 TOY = ["--preset", "tiny", "train.progress=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def fusion(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "fusion_core.cli", *args], env=env or ENV,
+    return subprocess.Popen([sys.executable, "-m", "fusion_core.engine.cli", *args], env=env or ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -79,7 +79,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(straight, tmp
     env = {**ENV, "FUSION_CKPT_WRITE_DELAY": "30"}
     p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6", env=env)
     ck = tmp_path / "checkpoints"
-    wait_for(lambda: ck.is_dir() and any(x.name.startswith(".tmp-") for x in ck.iterdir()), p)
+    wait_for(lambda: ck.is_dir() and any(x.name.startswith(".fusion-tmp-") for x in ck.iterdir()), p)
     p.send_signal(signal.SIGKILL)  # the first checkpoint (step 6) is half written
     p.wait()
     assert not (ck / "step_00000006").exists() and not (ck / "latest").exists()
@@ -88,7 +88,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(straight, tmp
     _assert_same_run(straight, tmp_path)
     # and once more: a later half-written checkpoint falls back to the newest complete one
     p = fusion("resume", str(tmp_path), "train.steps=30", env=env)
-    wait_for(lambda: any(x.name.startswith(".tmp-step_00000030") for x in ck.iterdir()), p)
+    wait_for(lambda: any(x.name.startswith(".fusion-tmp-step_00000030") for x in ck.iterdir()), p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert (ck / "latest").read_text().strip() == "step_00000024"
@@ -97,7 +97,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(straight, tmp
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_process(straight, tmp_path, strategy):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "fusion_core.cli", "run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24",
+           "-m", "fusion_core.engine.cli", "run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24",
            "train.ckpt_every=6", f"train.strategy={strategy}"]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -205,7 +205,7 @@ def _launch(nproc, *args, env=None):
     """``fusion ARGS`` in nproc processes (torchrun for 2), in its own process group."""
     prefix = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
               if nproc > 1 else [sys.executable])
-    return subprocess.Popen([*prefix, "-m", "fusion_core.cli", *args], env=env or ENV, stdout=subprocess.PIPE,
+    return subprocess.Popen([*prefix, "-m", "fusion_core.engine.cli", *args], env=env or ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -227,10 +227,13 @@ def test_a_run_resumes_on_another_number_of_processes(straight, tmp_path, first,
     one, resumed = losses(straight), losses(tmp_path)
     assert sorted(resumed) == sorted(one)
     assert max(abs(one[s] - resumed[s]) for s in one) < 1e-4 * max(one.values())
-    if first > 1:  # a sharded checkpoint loads offline, consolidated, in one process
+    if first > 1:  # a sharded checkpoint of your own run loads offline, consolidated, in one process
         from fusion_core import FusionModel
+        from fusion_core.engine.recipe import load_model
 
-        from_shards = FusionModel.from_pretrained(ck).state_dict()
+        with pytest.raises(ValueError, match="is a sharded training checkpoint .* from_pretrained reads only"):
+            FusionModel.from_pretrained(ck)  # its index is a pickle: never read from a model folder
+        from_shards = load_model(ck, weights="model", device="cpu").state_dict()
         one_proc = load_file(str(straight / "checkpoints" / "step_00000012" / "model.safetensors"))
         assert max((from_shards[k] - one_proc[k]).abs().max().item() for k in one_proc) < 1e-4
 

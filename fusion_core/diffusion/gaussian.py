@@ -20,6 +20,7 @@ from torch import Tensor
 from .schedules import make_schedule
 
 PREDICTIONS = ("eps", "x0", "v")
+MAX_T = 100_000  # diffusion steps (the papers use 1000)
 WEIGHTINGS = ("uniform", "min_snr")
 
 #: ``denoise(x_t, t) -> prediction``: ``x_t`` any shape ``(B, ...)``, ``t`` ``(B,)`` long.
@@ -50,8 +51,12 @@ class GaussianDiffusion:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if not snr_gamma > 0:
-            raise ValueError(f"snr_gamma must be > 0, got {snr_gamma}")
+        if not (isinstance(snr_gamma, (int, float)) and np.isfinite(snr_gamma) and snr_gamma > 0):
+            raise ValueError(f"snr_gamma must be a finite number > 0, got {snr_gamma!r}")
+        if isinstance(schedule, str) and not (isinstance(T, int) and not isinstance(T, bool) and 1 <= T <= MAX_T):
+            raise ValueError(f"T must be an integer in [1, {MAX_T}], got {T!r}")
+        if not isinstance(schedule, str) and np.size(schedule) > MAX_T:
+            raise ValueError(f"a schedule table has at most {MAX_T} steps, got {np.size(schedule)}")
         ac = make_schedule(schedule, T) if isinstance(schedule, str) else np.asarray(schedule, np.float64)
         if ac.ndim != 1 or not np.all((ac > 0) & (ac <= 1)) or np.any(np.diff(ac) > 0):
             raise ValueError("alphas_cumprod must be a decreasing 1-D array in (0, 1]")
@@ -71,11 +76,32 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, config: dict) -> "GaussianDiffusion":
-        """Inverse of :meth:`config`."""
+        """Inverse of :meth:`config`.
+
+        Raises:
+            ValueError: not a mapping, unknown keys, or values the constructor rejects.
+        """
+        if not isinstance(config, dict):
+            raise ValueError(f"a diffusion config is a mapping, got {type(config).__name__}")
+        known = {"schedule", "T", "prediction", "weighting", "snr_gamma"}
+        if set(config) - known:
+            raise ValueError(f"unknown diffusion config keys {sorted(set(config) - known)}; known: {sorted(known)}")
         kw = dict(config)
-        if not isinstance(kw.get("schedule"), str):
-            kw["schedule"] = np.asarray(kw["schedule"], dtype=np.float64)
+        if "schedule" in kw and not isinstance(kw["schedule"], str):
+            try:
+                kw["schedule"] = np.asarray(kw["schedule"], dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"a schedule table must be a list of numbers ({e})") from None
         return cls(**kw)
+
+    def __eq__(self, other) -> bool:
+        """The same process: same schedule table, prediction and loss weighting."""
+        if not isinstance(other, GaussianDiffusion):
+            return NotImplemented
+        return (self.prediction == other.prediction and self.T == other.T and self.weighting == other.weighting
+                and self.snr_gamma == other.snr_gamma and torch.equal(self.alphas_cumprod, other.alphas_cumprod))
+
+    __hash__ = None  # mutable tables: compared by value, not hashed
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(schedule={self.schedule!r}, T={self.T}, prediction={self.prediction!r}, "

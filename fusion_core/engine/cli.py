@@ -32,7 +32,7 @@ def _recipe(name: str):
 
 def cmd_ls(a) -> int:
     from .recipe import registered_recipes
-    from .registry import registered_adapters
+    from ..registry import registered_adapters
 
     print("recipes:")
     for name in sorted(registered_recipes()):
@@ -56,7 +56,7 @@ def cmd_run(a) -> int:
     cfg = recipe.load_config(a.preset, a.config, a.overrides)  # validate before launching
     if a.nproc and a.nproc > 1 and "LOCAL_RANK" not in os.environ:
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={a.nproc}", "-m", "fusion_core.cli", "run", a.recipe]
+                f"--nproc_per_node={a.nproc}", "-m", "fusion_core.engine.cli", "run", a.recipe]
         argv += (["--preset", a.preset] if a.preset else []) + (["--config", a.config] if a.config else [])
         argv += ["--overwrite"] if a.overwrite else []
         return subprocess.call(argv + list(a.overrides))

@@ -1,8 +1,8 @@
 """Multi-process training: ``torchrun`` environment, DDP (gloo on CPU, nccl on CUDA) and FSDP2.
 
-Launch with ``torchrun --nproc_per_node N -m fusion_core.cli run RECIPE ...`` (one machine) or
+Launch with ``torchrun --nproc_per_node N -m fusion_core.engine.cli run RECIPE ...`` (one machine) or
 ``torchrun --nnodes M --node_rank R --master_addr HOST --master_port PORT --nproc_per_node N -m
-fusion_core.cli run RECIPE ...`` (several); ``fusion run --nproc N`` does the first for you.
+fusion_core.engine.cli run RECIPE ...`` (several); ``fusion run --nproc N`` does the first for you.
 Rank 0 alone logs and writes checkpoints.
 """
 

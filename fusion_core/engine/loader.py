@@ -7,32 +7,38 @@ starts the sampler at its step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
 
-from .model import Batch, FusionModel
+from ..model import Batch, FusionModel
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+Collate = Callable[[FusionModel, list, list[int]], Batch]
+MicroBatches = Callable[[int], list[tuple[list, list[int]]]]  # step -> [(examples, seeds)] of this process
 
 
 class StepBatches(torch.utils.data.Dataset):
     """Item ``s``: the collated micro-batches of step ``s``, built in a data-loading worker with
-    layouts on the CPU and host-side targets counted (the loop then only copies)."""
+    layouts on the CPU and host-side targets counted (the loop then only copies).
 
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
+    Args:
+        model: the model being trained (collation reads its mode and adapters).
+        collate: ``collate(model, examples, seeds) -> Batch``.
+        micro_batches: ``micro_batches(step)`` → this process's ``(examples, seeds)`` of the step.
+        steps: how many steps there are.
+    """
+
+    def __init__(self, model: FusionModel, collate: Collate, micro_batches: MicroBatches, steps: int):
+        self.model, self.collate, self.micro_batches, self.steps = model, collate, micro_batches, steps
 
     def __len__(self) -> int:
-        return self.trainer.args.steps
+        return self.steps
 
     def __getitem__(self, step: int) -> list[Batch]:
-        t = self.trainer
-        host = HostCollate(t.model)
-        batches = [t.collate(host, ex, seeds) for ex, seeds in t.micro_batches(step)]
+        host = HostCollate(self.model)
+        batches = [self.collate(host, ex, seeds) for ex, seeds in self.micro_batches(step)]
         for b in batches:
-            t.model.target_counts(b)  # fills the batch's host-side caches
+            self.model.target_counts(b)  # fills the batch's host-side caches
         return batches
 
 

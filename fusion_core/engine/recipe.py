@@ -14,6 +14,8 @@ config dataclass, ``setup`` (data and model → :class:`TrainJob`) and its sampl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -27,13 +29,14 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..model import FusionModel
+from ..registry import import_object
+from ..transformer import PRESETS, preset
 from .config import ConfigError, load_config, save_config, to_object, to_yaml
 from .distributed import init_distributed, shutdown
-from .model import FusionModel
-from .registry import import_object
+from .loader import Collate
 from .runfolder import RunLock, claim, clean_leftovers
-from .trainer import Collate, Trainer, seed_everything
-from .transformer import PRESETS, preset
+from .trainer import Trainer, seed_everything
 
 GROUP = "fusion_core.recipes"
 BACKBONE_SIZES = ("dim", "n_layers", "n_heads", "ffn_dim")  # what a backbone preset sets
@@ -179,12 +182,47 @@ class Recipe:
         return self.train(self.load_config(preset, config_file, overrides), data=data, overwrite=overwrite)
 
 
-def load_model(run_dir: str | Path, c: Any) -> FusionModel:
+_TRUST_REMOTE_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_remote_code", default=False)
+
+
+@contextlib.contextmanager
+def trusting_remote_code(trust: bool = True):
+    """While inside, :func:`load_model` imports adapter classes named by dotted path outside the
+    registry (the ``--trust-remote-code`` flag of ``fusion sample/evaluate/resume/export``)."""
+    token = _TRUST_REMOTE_CODE.set(bool(trust))
+    try:
+        yield
+    finally:
+        _TRUST_REMOTE_CODE.reset(token)
+
+
+def load_model(run_dir: str | Path, c: Any = None, *, weights: str | None = None,
+               trust_remote_code: bool | None = None, device=None) -> FusionModel:
     """A run's newest model (its ``model/`` export or newest good checkpoint), EMA weights when
-    ``c.sample.use_ema`` and present, on the GPU when there is one."""
-    use_ema = getattr(getattr(c, "sample", None), "use_ema", True)
-    return FusionModel.from_pretrained(run_dir, device="cuda" if torch.cuda.is_available() else "cpu",
-                                       weights="auto" if use_ema else "model")
+    ``c.sample.use_ema`` and present, on the GPU when there is one. A sharded (FSDP) checkpoint
+    is read here — from a run folder — with the restricted reader of :mod:`.sharded`.
+
+    Args:
+        run_dir: a run folder (or a saved-model or checkpoint folder).
+        c: the run's config (its ``sample.use_ema`` picks the weights); or pass ``weights``.
+        trust_remote_code: allow adapter classes outside the registry (default: what
+            :func:`trusting_remote_code` set, else False).
+
+    Raises:
+        ValueError: see :meth:`FusionModel.from_pretrained`.
+    """
+    from ..pretrained import is_sharded, resolve
+    from .sharded import load_sharded_model
+
+    if weights is None:
+        use_ema = getattr(getattr(c, "sample", None), "use_ema", True)
+        weights = "auto" if use_ema else "model"
+    trust = _TRUST_REMOTE_CODE.get() if trust_remote_code is None else trust_remote_code
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = resolve(run_dir)
+    if is_sharded(folder):
+        return load_sharded_model(folder, weights=weights, trust_remote_code=trust, device=device)
+    return FusionModel.from_pretrained(folder, device=device, weights=weights, trust_remote_code=trust)
 
 
 def parse_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -289,6 +327,6 @@ def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
         logger.addHandler(fh)
 
 
-__all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "machine_description", "parse_command",
+__all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "trusting_remote_code", "machine_description", "parse_command",
            "prepare_run_dir", "read_train_time", "TrainTime", "registered_recipes", "setup_logging", "to_yaml",
            "write_train_time"]

@@ -6,23 +6,29 @@ the leftovers of interrupted writes cleaned up.
   leaves a stale lock; a second writer fails at once with a message naming the holder.
 - :func:`claim` — what ``fusion run`` does before writing: a folder that already holds
   checkpoints belongs to another run (use ``fusion resume`` or another ``run_dir``); with
-  ``overwrite`` its files are moved aside into ``RUN_DIR/previous-<time>/``, never deleted.
+  ``overwrite`` the whole run is moved aside into ``RUN_DIR/previous-<time>/`` — a complete run
+  folder that ``fusion resume`` and ``fusion sample`` still read — never deleted.
 - :func:`start_fresh` — a run that (re)starts from step 0 in a folder with history (every
   checkpoint failed verification, or a crash before the first checkpoint) moves that history
   aside the same way, so old and new checkpoints and metrics never mix.
-- :func:`clean_leftovers` — temporary checkpoint folders and files of writes a kill interrupted.
+- :func:`clean_leftovers` — the temporaries of writes a kill interrupted, and nothing else: only
+  names :func:`fusion_core.storage.is_ours` recognises are deleted.
+- :func:`refuse_links` — a run folder holds no symbolic link where fusion-core writes: a planted
+  ``.lock``, ``train.log`` or ``checkpoints`` link is refused in one line, never written through.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
-import shutil
 import socket
 import sys
 from datetime import datetime
 from pathlib import Path
+
+from ..storage import is_ours, refuse_link, remove_ours
 
 log = logging.getLogger("fusion_core")
 
@@ -61,8 +67,18 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_NAME
+        self._fd = None
+        if Path(run_dir).is_symlink() and not Path(run_dir).exists():
+            raise RunFolderError(f"{run_dir} is a symbolic link to nothing; give an existing or new folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        refuse_links(self.path.parent)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # planted between the check and the open
+                refuse_link(self.path, "the run's lock file")
+            raise
         try:
             import fcntl
 
@@ -102,18 +118,41 @@ def has_history(run_dir: Path) -> bool:
         (Path(run_dir) / "metrics.jsonl").is_file()
 
 
-def move_aside(run_dir: Path, reason: str) -> Path | None:
-    """Move the folder's training history into ``run_dir/previous-<time>/``; returns it."""
+def move_aside(run_dir: Path, reason: str, whole: bool = False) -> Path | None:
+    """Move the folder's training history (``whole``: everything but its lock and earlier
+    ``previous-*`` folders, so the moved run stays a complete run folder) into
+    ``run_dir/previous-<time>/``; returns it."""
     run_dir = Path(run_dir)
-    present = [run_dir / n for n in HISTORY if (run_dir / n).exists()]
+    if whole:
+        present = [p for p in run_dir.iterdir() if p.name != LOCK_NAME and not p.name.startswith("previous-")]
+    else:
+        present = [run_dir / n for n in HISTORY if (run_dir / n).exists() or (run_dir / n).is_symlink()]
     if not present:
         return None
     aside = run_dir / f"previous-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
     aside.mkdir()
     for p in present:
         os.replace(p, aside / p.name)
-    log.warning("%s: %s; the earlier history is kept in %s", run_dir, reason, aside)
+    log.warning("%s: %s; the earlier %s is kept in %s", run_dir, reason, "run" if whole else "history", aside)
     return aside
+
+
+def refuse_links(run_dir: Path) -> None:
+    """Refuse a run folder that holds a symbolic link where fusion-core writes (its top level,
+    ``checkpoints/`` and ``model/``): the library never writes through a link it did not create.
+
+    Raises:
+        LinkRefused: names the first link found.
+    """
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "model"):
+        if folder != run_dir and folder.is_symlink():
+            refuse_link(folder, "inside a run folder")
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.is_symlink():
+                refuse_link(p, "inside a run folder")
 
 
 def claim(run_dir: Path, overwrite: bool = False) -> None:
@@ -129,7 +168,7 @@ def claim(run_dir: Path, overwrite: bool = False) -> None:
         raise RunFolderError(f"{run_dir} already holds a run (checkpoints or metrics): continue it with "
                              f"`fusion resume {run_dir}`, choose another run_dir, or pass --overwrite "
                              "(the old run is moved aside, not deleted)")
-    move_aside(run_dir, "--overwrite: a new run starts here")
+    move_aside(run_dir, "--overwrite: a new run starts here", whole=True)
 
 
 def start_fresh(run_dir: Path) -> None:
@@ -139,18 +178,22 @@ def start_fresh(run_dir: Path) -> None:
 
 
 def clean_leftovers(run_dir: Path) -> list[Path]:
-    """Remove what interrupted writes leave (``.tmp-*`` checkpoint folders, ``.old-*`` folders
-    of a replaced save, ``.NAME.*`` temporary files of atomic writes); returns what went."""
+    """Remove what interrupted writes leave — the temporaries fusion-core names (``.fusion-tmp-*``,
+    ``.fusion-old-*`` and the names earlier releases used), and nothing else; returns what went.
+
+    Raises:
+        LinkRefused: a symbolic link carries such a name (the library never creates links).
+    """
     gone = []
     for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
-        if not folder.is_dir():
+        if not folder.is_dir() or folder.is_symlink():
             continue
         for p in folder.iterdir():
-            if p.name == LOCK_NAME or not p.name.startswith("."):
+            if p.name == LOCK_NAME or not is_ours(p.name):
                 continue
-            if p.name.startswith((".tmp-", ".old-")) or (p.is_file() and p.name.count(".") >= 2):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-                gone.append(p)
+            refuse_link(p, "named like a temporary of an interrupted write")
+            remove_ours(p)
+            gone.append(p)
     if gone:
         log.info("removed %d leftovers of interrupted writes in %s", len(gone), run_dir)
     return gone

@@ -24,24 +24,24 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (find_resumable, load_state, load_weights, save_checkpoint,
-                         state_dict_for_safetensors)
+from ..model import Batch, FusionModel
+from ..pretrained import is_sharded, model_config, save_pretrained
+from ..storage import load_weights, state_dict_for_safetensors
+from .checkpoint import find_resumable, load_state, save_checkpoint
 from .data import ExampleStream
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, wrap_model
 from .ema import EMA
-from .loader import StepBatches
+from .loader import Collate, StepBatches
 from .metrics import MetricsLog
-from .model import Batch, FusionModel
 from .optim import SCHEDULES, OptimArgs, build_optimizer, lr_factor  # noqa: F401 (re-exported)
-from .pretrained import model_config, save_pretrained
 from .runfolder import start_fresh
-from .sharded import is_sharded, load_sharded, save_sharded
+from .sharded import load_sharded, save_sharded
 
 log = logging.getLogger("fusion_core")
 
@@ -123,8 +123,6 @@ def _set_rng_state(s: dict) -> None:
     if s["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
-
-Collate = Callable[[FusionModel, list, list[int]], Batch]
 
 
 class Trainer:
@@ -227,7 +225,7 @@ class Trainer:
                 yield self.collated(step)
             return
         loader = torch.utils.data.DataLoader(
-            StepBatches(self), batch_size=None, sampler=range(self.step, self.args.steps),
+            StepBatches(self.model, self.collate, self.micro_batches, self.args.steps), batch_size=None, sampler=range(self.step, self.args.steps),
             num_workers=self.args.workers, prefetch_factor=self.args.prefetch,
             pin_memory=self.info.device.type == "cuda", persistent_workers=False)
         for batches in loader:

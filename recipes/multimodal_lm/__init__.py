@@ -19,7 +19,7 @@ training examples), :mod:`.sample`, :mod:`.evaluate` (with :mod:`.report`).
 
 from pathlib import Path
 
-from fusion_core.recipe import Recipe
+from fusion_core.engine.recipe import Recipe
 
 from .config import MMConfig
 from .evaluate import evaluate

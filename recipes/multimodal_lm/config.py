@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fusion_core.diffusion import PREDICTIONS, SCHEDULES, WEIGHTINGS
-from fusion_core.config import check_choice, check_fraction
+from fusion_core.engine.config import check_choice, check_fraction
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.image import DESIGNS
-from fusion_core.trainer import OptimArgs, TrainArgs
+from fusion_core.engine.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs
 
 

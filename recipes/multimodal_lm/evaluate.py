@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from fusion_core import generation as gen
 from fusion_core.model import FusionModel, Item
-from fusion_core.recipe import machine_description, parse_command, setup_logging
-from fusion_core.stats import frechet_distance
+from fusion_core.engine.recipe import machine_description, parse_command, setup_logging
+from fusion_core.engine.stats import frechet_distance
 
 from . import data as D
 from .config import MMConfig

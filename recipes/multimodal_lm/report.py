@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion_core.recipe import read_train_time
+from fusion_core.engine.recipe import read_train_time
 
 from .config import MMConfig
 

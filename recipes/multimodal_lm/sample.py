@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fusion_core import generation as gen
-from fusion_core.recipe import load_model, parse_command
+from fusion_core.engine.recipe import load_model, parse_command
 
 from . import data as D
 from .report import save_grid

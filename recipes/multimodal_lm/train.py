@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion_core.data import ExampleStream, load_hf
+from fusion_core.engine.data import ExampleStream, load_hf
 from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.generation import interleave
 from fusion_core.model import FusionModel, Item
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.text import TextAdapter
-from fusion_core.recipe import TrainJob
+from fusion_core.engine.recipe import TrainJob
 from fusion_core.transformer import backbone_args
 
 from . import data as D

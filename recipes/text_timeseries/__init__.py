@@ -16,7 +16,7 @@ Modules, in the order a run uses them: :mod:`.properties` (generator and estimat
 
 from pathlib import Path
 
-from fusion_core.recipe import Recipe
+from fusion_core.engine.recipe import Recipe
 
 from .config import TTSConfig
 from .evaluate import evaluate

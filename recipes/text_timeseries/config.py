@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusion_core.config import check_fraction
+from fusion_core.engine.config import check_fraction
 from fusion_core.generation import SampleArgs
-from fusion_core.trainer import OptimArgs, TrainArgs
+from fusion_core.engine.trainer import OptimArgs, TrainArgs
 
 from ..timeseries.config import TSModelArgs
 from .properties import ALL_COMBINATIONS

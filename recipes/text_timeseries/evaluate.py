@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from fusion_core import generation as gen
 from fusion_core.model import FusionModel
-from fusion_core.recipe import machine_description, parse_command, setup_logging
+from fusion_core.engine.recipe import machine_description, parse_command, setup_logging
 
 from ..timeseries.metrics import discriminative_score
 from . import properties as P

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion_core.recipe import read_train_time
+from fusion_core.engine.recipe import read_train_time
 
 from ..timeseries.plots import pyplot
 from .config import TTSConfig

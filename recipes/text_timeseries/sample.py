@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion_core import generation as gen
-from fusion_core.recipe import load_model, parse_command
+from fusion_core.engine.recipe import load_model, parse_command
 
 from .data import Pairs, check_pair
 from .properties import estimate

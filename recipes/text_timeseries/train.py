@@ -20,7 +20,7 @@ from fusion_core.generation import interleave
 from fusion_core.model import FusionModel, Item
 from fusion_core.modalities.text import TextAdapter, WordTokenizer
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
-from fusion_core.recipe import TrainJob
+from fusion_core.engine.recipe import TrainJob
 from fusion_core.transformer import backbone_args
 
 from . import data as D

@@ -20,7 +20,7 @@ Modules, in the order a run uses them: :mod:`.config`, :mod:`.data` and :mod:`.s
 
 from pathlib import Path
 
-from fusion_core.recipe import Recipe
+from fusion_core.engine.recipe import Recipe
 
 from .config import TSConfig
 from .evaluate import evaluate

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fusion_core.diffusion import PREDICTIONS, SCHEDULES, WEIGHTINGS
-from fusion_core.config import check_at_least, check_choice
+from fusion_core.engine.config import check_at_least, check_choice
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
-from fusion_core.trainer import OptimArgs, TrainArgs
+from fusion_core.engine.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs
 
 from .data import MISSING_POLICIES, TRANSFORMS

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fusion_core.data import load_hf
+from fusion_core.engine.data import load_hf
 
 
 MISSING_POLICIES = ("error", "interpolate", "mask")

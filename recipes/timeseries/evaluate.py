@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fusion_core import generation as gen
-from fusion_core.recipe import machine_description, parse_command, setup_logging
-from fusion_core.stats import mean_ci95
+from fusion_core.engine.recipe import machine_description, parse_command, setup_logging
+from fusion_core.engine.stats import mean_ci95
 
 from . import metrics, plots
 from .config import TSConfig, TSEvalArgs

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion_core.embeddings import sinusoidal
-from fusion_core.stats import frechet_distance, mean_ci95  # noqa: F401  (re-exported)
+from fusion_core.engine.stats import frechet_distance, mean_ci95  # noqa: F401  (re-exported)
 
 
 class GRUNet(nn.Module):

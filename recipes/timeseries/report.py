@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fusion_core.recipe import read_train_time
+from fusion_core.engine.recipe import read_train_time
 
 from . import metrics
 from .config import TSConfig

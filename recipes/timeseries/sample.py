@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion_core import generation as gen
-from fusion_core.recipe import load_model, parse_command
+from fusion_core.engine.recipe import load_model, parse_command
 
 from .data import from_increments, to_increments
 from .train import MODALITY, run_data, window_shape

@@ -10,7 +10,7 @@ import numpy as np
 from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.model import FusionModel, Item
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
-from fusion_core.recipe import TrainJob
+from fusion_core.engine.recipe import TrainJob
 from fusion_core.transformer import backbone_args
 
 from .config import TSConfig

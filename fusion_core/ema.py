@@ -1,0 +1,6 @@
+"""Moved to :mod:`fusion_core.engine.ema` (the training engine has its own package). This path
+re-exports it for one release: ``fusion_core.ema is fusion_core.engine.ema``."""
+
+from fusion_core._moved import alias
+
+alias(__name__, "fusion_core.engine.ema")

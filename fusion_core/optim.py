@@ -1,0 +1,6 @@
+"""Moved to :mod:`fusion_core.engine.optim` (the training engine has its own package). This path
+re-exports it for one release: ``fusion_core.optim is fusion_core.engine.optim``."""
+
+from fusion_core._moved import alias
+
+alias(__name__, "fusion_core.engine.optim")

@@ -1,0 +1,6 @@
+"""Moved to :mod:`fusion_core.engine.recipe` (the training engine has its own package). This path
+re-exports it for one release: ``fusion_core.recipe is fusion_core.engine.recipe``."""
+
+from fusion_core._moved import alias
+
+alias(__name__, "fusion_core.engine.recipe")
