@@ -29,7 +29,7 @@ for s in $sections; do case $s in
            echo "== $* (exit $?)"; grep -E "INFO|Error" "$OUT/$log" | tail -8; }
     export OMP_NUM_THREADS=6
     { ev 110 ev_sine100_fast.log runs/sine100 "eval.metrics=[disc,lds]" eval.repeats=3 --tag fast
-      ev 120 ev_sine100_full.log runs/sine100 sample.sampler=ddpm sample.steps=0 "eval.metrics=[disc]" eval.repeats=3 --tag full
+      ev 120 ev_sine100_full.log runs/sine100 sample.sampler=ddpm sample.steps=1000 "eval.metrics=[disc]" eval.repeats=3 --tag full
     } > "$OUT/ts_a.log" 2>&1 &
     { [ -d runs/sine384 ] && ev 220 ev_sine384.log runs/sine384 "eval.metrics=[disc,lds]" eval.repeats=2; } > "$OUT/ts_b.log" 2>&1 &
     wait

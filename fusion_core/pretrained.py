@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,6 +41,8 @@ from .storage import (MANIFEST, CheckpointError, find_resumable, load_weights, p
                       state_dict_for_safetensors, verify_folder)
 from .transformer import TransformerArgs
 from .validation import check_fits
+
+log = logging.getLogger("fusion_core")
 
 FORMAT = "fusion-core-model"
 FORMAT_VERSION = 1
@@ -268,8 +271,12 @@ def resolve(path: str | Path) -> Path:
         return path
     candidates = []
     if (path / "model" / CONFIG_NAME).is_file():
-        candidates.append(path / "model")
-    ckpt = find_resumable(path / "checkpoints")
+        try:
+            verify_folder(path / "model")
+            candidates.append(path / "model")
+        except CheckpointError as e:  # a damaged export: the newest good checkpoint may still serve
+            log.warning("skipping %s: %s", path / "model", e)
+    ckpt = find_resumable(path / "checkpoints", log)
     if ckpt is not None and (ckpt / CONFIG_NAME).is_file():
         candidates.append(ckpt)
     if not candidates:

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Any
 
+import numpy as np
 import torch
 
 # what may be allocated at most, as a share of the memory available now (the rest is headroom:
@@ -95,3 +96,49 @@ def check_int(key: str, value: Any, *, low: int | None = None, high: int | None 
                                        (f"<= {high}" if high is not None else "")) if x)
         raise ValueError(f"{key} must be an integer{' ' + rng if rng else ''}, got {value!r}")
     return value
+
+
+def _bad_leaf(value: Any, depth: int = 0) -> Any:
+    """The first element of nested lists that is not a real number (a bool, a string, ...)."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            bad = _bad_leaf(v, depth + 1)
+            if bad is not _OK:
+                return bad
+        return _OK
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "dtype"):
+        return value
+    return _OK
+
+
+_OK = object()
+
+
+def numeric_array(value: Any, key: str, dtype=np.float32) -> np.ndarray:
+    """A user's numbers (nested lists, a NumPy array, a torch tensor) as a ``dtype`` array.
+    Strings, booleans and other objects are refused, not converted (``"1.5"`` and ``True`` are
+    not measurements).
+
+    Raises:
+        TypeError: an element or an array dtype that is not a real number (named with ``key``).
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{key} must hold real numbers, got a tensor of {value.dtype}")
+        value = value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{key} must be numbers (a list, an array or a tensor), got {type(value).__name__} {value!r:.40}")
+    if isinstance(value, (list, tuple)):
+        bad = _bad_leaf(value)
+        if bad is not _OK:
+            raise TypeError(f"{key} must hold numbers only, got {type(bad).__name__} {bad!r:.40}")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{key} must be a rectangular array of numbers (rows of one length)") from None
+    if arr.dtype == object:
+        raise TypeError(f"{key} must be a rectangular array of numbers (rows of one length), got ragged or mixed values")
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{key} must hold real numbers, got an array of {arr.dtype}")
+    return arr.astype(dtype, copy=False)

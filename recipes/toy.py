@@ -20,6 +20,7 @@ from fusion_core.generation import SampleArgs, generate_span, interleave
 from fusion_core.model import FusionModel, Item
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.text import TextAdapter
+from fusion_core.engine.config import check_image_fits_row
 from fusion_core.engine.recipe import Recipe, TrainJob, load_model, parse_command
 from fusion_core.engine.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs, backbone_args
@@ -57,6 +58,9 @@ class ToyConfig:
         steps=300, batch_size=16, ckpt_every=100, log_every=10,
         optim=OptimArgs(lr=2e-3, min_lr=1e-4, warmup=20, weight_decay=0.0)))
     sample: SampleArgs = field(default_factory=lambda: SampleArgs(steps=25))
+
+    def __post_init__(self):
+        check_image_fits_row(self.data.image_size, self.model.patch_size, self.data.max_len)
 
 
 def bars(kind: str, rng: random.Random, size: int) -> torch.Tensor:

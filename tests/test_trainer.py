@@ -177,7 +177,7 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_reported_at_the_next_log
 
 
 def test_batch_size_must_split_over_accumulation():
-    with pytest.raises(ValueError, match="multiple of grad_accum"):
+    with pytest.raises(ValueError, match="multiple of train.grad_accum"):
         _trainer(Path("/tmp/unused"), batch_size=3, grad_accum=2)
 
 
@@ -272,3 +272,63 @@ def test_a_stream_is_read_once_per_epoch_across_processes_and_workers(tmp_path):
     assert len({f.name for f in runs["four"].glob("seen-*.jsonl")}) == 4  # read by 2 x 2 workers
     one, four = losses(runs["one"]), losses(runs["four"])
     assert max(abs(one[s] - four[s]) for s in one) < 1e-4 * max(one.values())
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_the_cli_resumes_a_run_on_another_number_of_processes(tmp_path, strategy):
+    """What the issue ran (#25): 2 FSDP (or DDP) processes, then `fusion resume` in one process
+    (the sharded optimizer state once overwrote the fused flag), then `fusion resume --nproc 2`."""
+    run = tmp_path / "run"
+    steps = [("run", "toy", *TOY, "--nproc", "2", f"train.strategy={strategy}", "train.steps=4", "train.ckpt_every=2",
+              f"run_dir={run}"), ("resume", str(run), "train.steps=6"), ("resume", str(run), "--nproc", "2", "train.steps=8")]
+    for argv in steps[: 3 if strategy == "fsdp" else 2]:
+        p = fusion(*argv)
+        assert p.wait(timeout=300) == 0, (argv, p.stdout.read())
+    assert sorted(losses(run)) == list(range(1, 9 if strategy == "fsdp" else 7))
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live descendants of ``pid`` (zombies excluded), from /proc."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(d.name)] = int(fields[1])
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, par in parents.items() if par in frontier} - out
+        out |= frontier
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_kill_9_of_a_multi_process_run_leaves_no_process_behind(tmp_path):
+    p = fusion("run", "toy", *TOY, "--nproc", "2", "train.steps=100000", "train.ckpt_every=5", f"run_dir={tmp_path}")
+    wait_for(lambda: (tmp_path / "checkpoints" / "step_00000005").is_dir(), p, timeout=120)
+    children = _descendants(p.pid)
+    assert len(children) >= 3, children  # torchrun and two workers
+    os.kill(p.pid, signal.SIGKILL)  # the parent alone, as a user's kill -9 does
+    p.wait()
+    t0 = time.time()
+    while _alive(children) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    left = _alive(children)
+    for pid in left:  # do not leave them training if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"orphans of the killed run: {left}"

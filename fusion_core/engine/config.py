@@ -135,3 +135,16 @@ def check_at_least(obj: Any, low: int, *keys: str) -> None:
     for key in keys:
         if getattr(obj, key) < low:
             raise ValueError(f"{key} must be >= {low}, got {getattr(obj, key)}")
+
+
+def check_image_fits_row(image_size: int, patch_size: int, max_len: int) -> None:
+    """An image's patches must fit a packed row with its markers: refuse, at config time, an image
+    size no row can hold (before any image is drawn or allocated).
+
+    Raises:
+        ValueError: names the positions an image takes and ``data.max_len``.
+    """
+    positions = (image_size // patch_size) ** 2
+    if positions + 2 > max_len:
+        raise ValueError(f"data.image_size={image_size} with model.patch_size={patch_size} gives images of "
+                         f"{positions} positions, more than a row of data.max_len={max_len} holds (with its markers)")

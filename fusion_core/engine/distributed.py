@@ -32,14 +32,44 @@ class DistInfo:
         return self.world_size > 1
 
 
+def check_device_name(device: str, key: str = "train.device") -> None:
+    """Refuse a device string torch cannot parse (``banana``), naming ``key`` and the options."""
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{key} must be auto, cpu, cuda, cuda:N or another torch device, got {device!r}") from None
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device ``device`` names on this machine (``auto``: CUDA when present, else the CPU;
+    ``cuda``: this process's GPU under torchrun).
+
+    Raises:
+        ValueError: an unknown device, or CUDA asked for on a machine without it.
+    """
+    check_device_name(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device, local_rank) if device == "cuda" else torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={device} but this machine has no usable CUDA GPU (torch "
+                             f"{torch.__version__}): use train.device=auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type not in ("cpu", "cuda") and not hasattr(torch, dev.type):
+        raise ValueError(f"train.device={device}: this torch has no {dev.type!r} backend")
+    return dev
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read the torchrun environment and start the process group (if more than one process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device, local) if device == "cuda" else torch.device(device)
+    dev = resolve_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

@@ -42,8 +42,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def _parse(path: Path) -> list[dict]:
-    """The records of a metrics file; a line that is not a JSON object (a write cut short by a
-    crash) is skipped with a warning naming the file and line."""
+    """The records of a metrics file; a line that is not a JSON object with an integer ``step``
+    (a write cut short by a crash, or an edit) is skipped with a warning naming the file and line."""
     out = []
     for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
@@ -52,7 +52,8 @@ def _parse(path: Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             rec = None
-        if not isinstance(rec, dict):
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
             log.warning("%s:%d: dropped an unreadable line (a write cut short by a crash?)", path, n)
             continue
         out.append(rec)

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..validation import check_finite_number
+
 SCHEDULES = ("cosine", "constant")
+MAX_LR = 10.0  # beyond it every step diverges; a typo (lr=3e4) more likely than a wish
+MAX_WEIGHT_DECAY = 10.0
 
 @dataclass
 class OptimArgs:
@@ -28,10 +32,13 @@ class OptimArgs:
     grad_clip: float = 1.0  # 0 = off
 
     def __post_init__(self):
-        if not self.lr > 0 or self.min_lr < 0 or self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("optim: need lr > 0 and min_lr, warmup, weight_decay, grad_clip >= 0; got "
-                             f"lr={self.lr}, min_lr={self.min_lr}, warmup={self.warmup}, "
-                             f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}")
+        check_finite_number("optim.lr", self.lr, low=0, high=MAX_LR, low_open=True)
+        check_finite_number("optim.min_lr", self.min_lr, low=0, high=self.lr)
+        check_finite_number("optim.weight_decay", self.weight_decay, low=0, high=MAX_WEIGHT_DECAY)
+        check_finite_number("optim.grad_clip", self.grad_clip, low=0)
+        check_finite_number("optim.eps", self.eps, low=0, low_open=True)
+        if self.warmup < 0:
+            raise ValueError(f"optim.warmup must be >= 0, got {self.warmup}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):

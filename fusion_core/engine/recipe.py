@@ -150,6 +150,11 @@ class Recipe:
         c = to_object(cfg)
         seed_everything(c.train.seed, 0, c.train.deterministic)  # the same model on every process
         job = self.setup(c, run_dir, data)
+        # everything that can be refused is refused before the folder is touched: the batch
+        # against the processes, the step's memory, a resume whose model does not fit its run
+        trainer = Trainer(job.model, job.dataset, job.collate, c.train, run_dir, to_yaml(cfg), info)
+        if resume:
+            trainer.check_resume(cfg)
         lock = None
         try:
             if info.is_main:
@@ -162,7 +167,6 @@ class Recipe:
                 log.info("%s; model %.2fM parameters", job.summary or f"{len(job.dataset)} examples", n_params)
                 if job.save is not None:
                     job.save(run_dir)
-            trainer = Trainer(job.model, job.dataset, job.collate, c.train, run_dir, to_yaml(cfg), info)
             trainer.fit(resume=resume)
             trainer.export(run_dir / "model", {"recipe": self.name})
             shutdown(info)

@@ -95,6 +95,27 @@ class SafePlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = obj
 
 
+def safe_load(state: dict, path: Path, distributed: bool = False) -> None:
+    """``dcp.load`` of ``state`` (in place) from ``path`` through :class:`SafeReader` and
+    :class:`SafePlanner`; a refusal surfaces as one :class:`CheckpointError`, not DCP's
+    multi-process traceback."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        with _single_process_quiet():
+            dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafePlanner(), no_dist=not distributed)
+    except CheckpointException as e:
+        inner = [err for err in getattr(e, "failures", {}).values() if isinstance(err, BaseException)]
+        first = next((err for err in inner if isinstance(err, CheckpointError)), None)
+        if first is None:
+            text = str(e)
+            first = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                          if "CheckpointError:" in line), None)
+            raise CheckpointError(first or f"{path}: cannot read this sharded checkpoint ({text.splitlines()[0]})") from None
+        raise CheckpointError(str(first)) from None
+
+
 def read_index(path: Path):
     """A sharded checkpoint's index (DCP ``Metadata``), read safely."""
     return SafeReader(str(path)).read_metadata()
@@ -134,7 +155,6 @@ def load_sharded(path: Path, model: nn.Module, opt: torch.optim.Optimizer | None
                  info: DistInfo | None = None) -> None:
     """Load a sharded checkpoint into ``model`` (and ``opt``, ``ema``) as they are sharded now:
     any number of processes, or one without a process group."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     distributed = info is not None and info.enabled
@@ -144,13 +164,11 @@ def load_sharded(path: Path, model: nn.Module, opt: torch.optim.Optimizer | None
         sd = {"model": get_model_state_dict(model)}
         if ema is not None:
             sd["ema"] = ema
-        with _single_process_quiet():
-            dcp.load(sd, storage_reader=SafeReader(str(path)), planner=SafePlanner(), no_dist=not distributed)
+        safe_load(sd, path, distributed)
         set_model_state_dict(model, sd["model"])
         return
     sd = _state(model, opt, ema)
-    with _single_process_quiet():
-        dcp.load(sd, storage_reader=SafeReader(str(path)), planner=SafePlanner(), no_dist=not distributed)
+    safe_load(sd, path, distributed)
     flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in opt.param_groups]
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     for group, kept in zip(opt.param_groups, flags):  # how this process steps, not how the saver did

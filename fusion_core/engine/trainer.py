@@ -16,12 +16,14 @@ gradient, and a resumed run continues exactly where a straight run would be.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import random
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,9 +35,11 @@ from tqdm.auto import tqdm
 from ..model import Batch, FusionModel
 from ..pretrained import is_sharded, model_config, save_pretrained
 from ..storage import load_weights, state_dict_for_safetensors
+from ..validation import check_fits
 from .checkpoint import find_resumable, load_state, save_checkpoint
 from .data import ExampleStream
-from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, wrap_model
+from .distributed import (DistInfo, all_gather_object, all_reduce_sum, barrier, check_device_name, resolve_device,
+                          wrap_model)
 from .ema import EMA
 from .loader import Collate, StepBatches
 from .metrics import MetricsLog
@@ -47,6 +51,7 @@ log = logging.getLogger("fusion_core")
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+MAX_STEPS = 10**9
 STRATEGIES = ("ddp", "fsdp")
 
 
@@ -87,6 +92,12 @@ class TrainArgs:
         for key, options in (("precision", PRECISIONS), ("strategy", STRATEGIES)):
             if getattr(self, key) not in options:
                 raise ValueError(f"train.{key} must be one of {options}, got {getattr(self, key)!r}")
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"train.steps must be <= {MAX_STEPS:.0e} (the papers train 250k), got {self.steps}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.grad_accum="
+                             f"{self.grad_accum} (each micro-batch gets batch_size / grad_accum examples)")
+        check_device_name(self.device)
 
 
 class TrainingDiverged(RuntimeError):
@@ -144,17 +155,17 @@ class Trainer:
 
     def __init__(self, model: FusionModel, dataset: Sequence, collate: Collate, args: TrainArgs,
                  run_dir: str | Path, config_yaml: str = "", dist_info: DistInfo | None = None):
-        self.info = dist_info or DistInfo(device=torch.device(
-            "cuda" if args.device == "auto" and torch.cuda.is_available() else
-            ("cpu" if args.device == "auto" else args.device)))
+        self.info = dist_info or DistInfo(device=resolve_device(args.device))
         per_micro = args.batch_size / (args.grad_accum * self.info.world_size)
         if per_micro != int(per_micro) or per_micro < 1:
             raise ValueError(f"batch_size={args.batch_size} must be a positive multiple of "
                              f"grad_accum x processes = {args.grad_accum} x {self.info.world_size}")
         if not isinstance(dataset, ExampleStream) and len(dataset) == 0:
             raise ValueError("the training dataset is empty")
-        self.model = model.to(self.info.device)
+        args = self._clamp_warmup(args)
         self.dataset, self.collate, self.args = dataset, collate, args
+        self._check_memory(model, int(per_micro))
+        self.model = model.to(self.info.device)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config_yaml = config_yaml
@@ -182,6 +193,73 @@ class Trainer:
         self.precision = "bf16 autocast" if bf16 else "fp32"  # what train.precision resolved to here
         self.autocast = (lambda: torch.autocast(self.info.device.type, dtype=torch.bfloat16)) if bf16 \
             else contextlib.nullcontext
+
+    @staticmethod
+    def _clamp_warmup(args: TrainArgs) -> TrainArgs:
+        """A warmup as long as the run (``TrainArgs(steps=40)`` with the default 4000) would train
+        at a sliver of the learning rate throughout: clamp it to a tenth of the steps, warning."""
+        if args.optim.warmup <= args.steps // 2:
+            return args
+        clamped = max(args.steps // 10, 1 if args.optim.warmup else 0)
+        msg = (f"train.optim.warmup={args.optim.warmup} is longer than half the run (train.steps={args.steps}): "
+               f"warming up over {clamped} steps instead, so the run reaches its learning rate")
+        log.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        return dataclasses.replace(args, optim=dataclasses.replace(args.optim, warmup=clamped))
+
+    def _check_memory(self, model: FusionModel, per_micro: int) -> None:
+        """Refuse, before anything runs, a step that cannot fit in memory: the weights with their
+        gradients and AdamW state, and the activations of one micro-batch estimated from one
+        example's positions (the size is named, with what to change)."""
+        from .loader import HostCollate
+
+        n_params = sum(p.numel() for p in model.parameters())
+        state = 4 * n_params * (4 + (self.args.ema_decay > 0))  # weights, grads, AdamW m and v, EMA
+        positions = 0
+        if not isinstance(self.dataset, ExampleStream):
+            first = self.collate(HostCollate(model), [self.dataset[0]], [0])
+            positions = int((~first.layout.host.padding).sum())
+        a = model.backbone.args
+        tokens = per_micro * positions
+        layers = 1 if self.args.activation_checkpointing else a.n_layers
+        act = 4 * tokens * layers * (10 * a.dim + 3 * a.hidden_dim) + 4 * tokens * a.dim * a.n_layers
+        check_fits(state + act, f"training {n_params / 1e6:,.1f} M parameters on micro-batches of {per_micro} "
+                   f"examples x {positions} positions (train.batch_size={self.args.batch_size}, "
+                   f"train.grad_accum={self.args.grad_accum})", self.info.device)
+        row = int(first.layout.host.seq_len) if positions else 0
+        # a step's work: 6 FLOPs per weight per position, plus attention's 12 per query, key and width
+        flops = self.args.grad_accum * (6 * n_params * tokens + 12 * tokens * row * a.dim * a.n_layers)
+        if flops > STEP_FLOPS_CHECKED:
+            seconds = flops / device_flops(self.info.device)
+            if seconds > MAX_STEP_SECONDS:
+                raise ValueError(f"one training step would take about {seconds / 60:,.0f} minutes on this machine "
+                                 f"({flops:.2g} FLOPs: {per_micro} examples x {positions} positions per micro-batch, "
+                                 f"attention over rows of {row}); refused — shorten the examples (or patch them), "
+                                 "lower train.batch_size, or use a faster device")
+
+    def check_resume(self, config=None) -> None:
+        """Before a resume writes anything: the newest good checkpoint must fit the model built
+        from this command's config (a ``model.*`` override that changes a weight's shape cannot
+        resume the same run).
+
+        Raises:
+            ValueError: names the weights whose shapes differ and the model settings that changed.
+        """
+        path = find_resumable(self.ckpt_dir)
+        if path is None:
+            return
+        saved = saved_shapes(path)
+        own = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        bad = [k for k in saved if k in own and saved[k] != own[k]]
+        bad += [k for k in saved if k not in own] + [k for k in own if k not in saved and _persistent(self.model, k)]
+        if not bad:
+            return
+        changed = _changed_model_keys(path / "config.yaml", config)
+        what = f" ({', '.join(changed)})" if changed else ""
+        k = bad[0]
+        raise ValueError(f"the model this command builds{what} does not fit the run's checkpoint {path.name}: "
+                         f"{k} is {saved.get(k, 'absent')} there, {own.get(k, 'absent')} now; resume continues "
+                         "the same model — start a new run for a different one (nothing was written)")
 
     # -- data -----------------------------------------------------------------------------------
     def _global_positions(self, step: int) -> list[int]:
@@ -443,6 +521,60 @@ class Trainer:
                 self.save()
         bar.close()
         return records
+
+
+STEP_FLOPS_CHECKED = 1e12  # below this a step takes seconds anywhere: not measured
+MAX_STEP_SECONDS = 600.0  # one step longer than this is a mistake, not a run
+
+
+def device_flops(device: torch.device) -> float:
+    """This machine's float32 matmul rate (FLOP/s) on ``device``, measured in ~0.1 s."""
+    n = 512
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.1:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name → shape of the model weights in a checkpoint folder, read from the safetensors header
+    or the sharded index (no tensor is loaded)."""
+    if is_sharded(path):
+        from .sharded import read_index
+
+        meta = read_index(path).state_dict_metadata
+        return {k[len("model."):]: tuple(v.size) for k, v in meta.items() if k.startswith("model.") and hasattr(v, "size")}
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _persistent(model: torch.nn.Module, key: str) -> bool:
+    """Whether a state-dict key is stored (tied aliases are stored once)."""
+    return key in state_dict_for_safetensors(model)
+
+
+def _changed_model_keys(saved_config: Path, config) -> list[str]:
+    """``model.KEY=NEW (the run has OLD)`` for each model setting that differs."""
+    if config is None or not saved_config.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(saved_config)).get("model", {})
+        new = OmegaConf.to_container(config, resolve=True).get("model", {})
+    except Exception:  # noqa: BLE001 - only for the message
+        return []
+    return [f"model.{k}={new[k]} where the run has {old.get(k)}" for k in sorted(new) if old.get(k) != new[k]]
 
 
 def _peak_mem_mb(device: torch.device) -> float:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..diffusion import SAMPLERS, Sampler, make_sampler
+from ..validation import check_finite_number, check_int
 
 
 @dataclass
@@ -15,7 +16,7 @@ class SampleArgs:
 
     Attributes:
         sampler: ``ddpm`` (ancestral), ``ddim`` or ``dpm_solver`` (DPM-Solver++ 2M).
-        steps: model evaluations per span; 0 = all T.
+        steps: model evaluations per span, 1 to the process's T (T for full ancestral sampling).
         clip_x0: clamp each predicted x0 to ``[-clip_x0, clip_x0]``; 0 = off.
         guidance: classifier-free guidance scale for conditioned spans; 0 = off.
         use_ema: sample with the EMA weights when the model has them.
@@ -46,28 +47,39 @@ class SampleArgs:
         for key in ("sampler", "cond_sampler"):
             if getattr(self, key) not in SAMPLERS:
                 raise ValueError(f"{key} must be one of {sorted(SAMPLERS)}, got {getattr(self, key)!r}")
-        for key, low in (("steps", 0), ("cond_steps", 0), ("max_new_tokens", 0), ("top_k", 0),
+        for key, low in (("steps", 1), ("cond_steps", 1), ("max_new_tokens", 0), ("top_k", 0),
                          ("chunk", 1), ("resample", 1)):
-            if getattr(self, key) < low:
-                raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
+            check_int(f"sample.{key}", getattr(self, key), low=low)
         for key in ("clip_x0", "guidance", "temperature"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+            check_finite_number(f"sample.{key}", getattr(self, key), low=0)
         if self.resample > 1 and SAMPLERS[self.cond_sampler].multistep:
             raise ValueError(f"resample={self.resample} needs a one-step cond_sampler (ddpm or ddim), "
                              f"got {self.cond_sampler!r}")
 
     def make(self, diffusion) -> Sampler:
-        """The sampler for ``diffusion`` (a ``GaussianDiffusion``)."""
-        return make_sampler(self.sampler, diffusion, self.steps or None, clip_x0=self.clip_x0 or None)
+        """The sampler for ``diffusion`` (a ``GaussianDiffusion``).
+
+        Raises:
+            ValueError: ``steps`` exceeds the process's T.
+        """
+        return make_sampler(self.sampler, diffusion, _steps("sample.steps", self.steps, diffusion),
+                            clip_x0=self.clip_x0 or None)
 
     def make_conditional(self, diffusion) -> Sampler:
         """The sampler for forecasts, imputation and long series."""
-        return make_sampler(self.cond_sampler, diffusion, self.cond_steps or None, clip_x0=self.clip_x0 or None)
+        return make_sampler(self.cond_sampler, diffusion, _steps("sample.cond_steps", self.cond_steps, diffusion),
+                            clip_x0=self.clip_x0 or None)
 
     @property
     def guidance_scale(self) -> float | None:
         return self.guidance or None
+
+
+def _steps(key: str, steps: int, diffusion) -> int | None:
+    if steps > diffusion.T:
+        raise ValueError(f"{key}={steps} exceeds the {diffusion.T} steps of the diffusion process "
+                         f"({key}={diffusion.T} is full ancestral sampling)")
+    return None if steps == diffusion.T else steps
 
 
 @dataclass

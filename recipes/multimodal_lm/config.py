@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fusion_core.diffusion import PREDICTIONS, SCHEDULES, WEIGHTINGS
-from fusion_core.engine.config import check_choice, check_fraction
+from fusion_core.engine.config import check_image_fits_row, check_choice, check_fraction
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.image import DESIGNS
 from fusion_core.engine.trainer import OptimArgs, TrainArgs
@@ -109,3 +109,6 @@ class MMConfig:
         optim=OptimArgs(lr=3e-4, min_lr=1.5e-5, warmup=4000, weight_decay=0.1)))
     sample: SampleArgs = field(default_factory=lambda: SampleArgs(sampler="ddpm", steps=250, guidance=3.0))
     eval: MMEvalArgs = field(default_factory=MMEvalArgs)
+
+    def __post_init__(self):
+        check_image_fits_row(self.data.image_size, self.model.patch_size, self.data.max_len)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_core.validation import numeric_array
+
 from . import captions as C
 from . import properties as P
 
@@ -133,9 +135,9 @@ def check_pair(caption, series, length: int, where: str) -> np.ndarray:
     if not isinstance(caption, str) or not caption.strip():
         raise ValueError(f"{where}: caption must be a non-empty string, got {type(caption).__name__} {caption!r:.40}")
     try:
-        x = np.asarray(series, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: series must be a list of numbers or of [value per channel] rows") from None
+        x = numeric_array(series, "series")
+    except TypeError as e:
+        raise ValueError(f"{where}: {e} (a list of numbers or of [value per channel] rows)") from None
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:

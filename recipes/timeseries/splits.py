@@ -15,6 +15,7 @@ import numpy as np
 
 from .data import TRANSFORMS, handle_missing, sine, to_increments, to_series
 from .outliers import flag_outliers
+from fusion_core.validation import check_fits
 
 
 def chronological_split(T: int, fractions: Sequence[float], length: int) -> list[slice]:
@@ -89,6 +90,9 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
     if data is None and source == "sine":  # independent samples: split by sample index
         if transform != "none":
             raise ValueError("data.transform applies to loaded series, not to the built-in sine data")
+        check_fits(4 * sine_samples * length * sine_features,
+                   f"the sine data (data.sine_samples={sine_samples} x data.length={length} x "
+                   f"data.sine_features={sine_features})")
         values = sine(sine_samples, length, sine_features, seed, sine_phase)
         n = len(values)
         b = np.round(np.cumsum([0, *split]) * n).astype(int)

@@ -14,6 +14,7 @@ from fusion_core.engine.recipe import TrainJob
 from fusion_core.transformer import backbone_args
 
 from .config import TSConfig
+from .metrics import check_metric_sizes
 from .splits import Splits, load_splits, prepare, save_splits
 
 MODALITY = "timeseries"
@@ -51,9 +52,13 @@ def build_model(c: TSConfig, features: int) -> FusionModel:
 def setup(c: TSConfig, run_dir: Path, data=None) -> TrainJob:
     """Data (``data`` from Python, else ``data.source``), split before windowing; the scaler fitted
     on the training part; every training window one example."""
+    if data is None and c.data.source == "sine" and c.eval.after_train:  # refused before any data is drawn
+        check_metric_sizes(c.data.sine_features, c.data.length, c.eval)
     splits = load_data(c, data)
     if len(splits.train) == 0:
         raise ValueError("no training windows: check data.length, data.split and missing values")
+    if c.eval.after_train:
+        check_metric_sizes(splits.train.shape[2], c.data.length, c.eval)
     model = build_model(c, splits.train.shape[2])
     adapter = model.adapters[MODALITY]
     adapter.fit(splits.fit_data)
