@@ -229,3 +229,19 @@ def test_overwrite_moves_the_whole_run_aside_and_it_stays_usable(toy_run, tmp_pa
     assert main(["sample", str(aside)]) == 0
     assert main(["resume", str(aside), "train.steps=3"]) == 0
     capsys.readouterr()
+
+
+def test_huge_sizes_in_a_model_folder_are_refused_before_allocating(tmp_path):
+    folder = _model().save_pretrained(tmp_path / "m")
+    config = json.loads((folder / "model.json").read_text())
+    config["backbone"].update(dim=65536, n_layers=64, n_heads=64)  # ~3.4e12 parameters: 13 TiB in fp32
+    (folder / "model.json").write_text(json.dumps(config))
+    _rewrite_manifest(folder)
+    with pytest.raises(ValueError, match=r"model.json: a backbone of .* M parameters needs about .* refused before"):
+        FusionModel.from_pretrained(folder)
+    config["backbone"].update(dim=32, n_layers=1, n_heads=2)
+    config["adapters"]["sensor"]["kwargs"]["features"] = 10**11  # an adapter's own size, measured on meta
+    (folder / "model.json").write_text(json.dumps(config))
+    _rewrite_manifest(folder)
+    with pytest.raises(ValueError, match=r"model.json: a model of .* M parameters needs about"):
+        FusionModel.from_pretrained(folder)
