@@ -72,10 +72,17 @@ class Adapter(nn.Module, ABC):
             so a span of this modality can end itself (generation hands back to the writer at it).
         dim: backbone width D (set by ``__init__``).
 
-    Optional: ``drop_condition`` (classifier-free-guidance dropout, for the writer), ``config``
-    (what ``save_pretrained`` stores), and, for the writer that marks other modalities' spans,
+    Optional: ``check_shape`` (say which payload shapes the adapter takes, so generation refuses
+    a wrong one before sampling; without it the model dry-runs ``embed``), ``fp32_buffers``
+    (buffers that stay float32 when the model is cast to half precision: scalers that map to user
+    units), ``drop_condition`` (classifier-free-guidance dropout, for the writer), ``config`` (what
+    ``save_pretrained`` stores), and, for the writer that marks other modalities' spans,
     ``begin_marker``, ``end_marker``, ``bos_id``, ``eos_id`` (see :mod:`fusion_core.generation`).
     The conformance kit :mod:`fusion_core.modalities.testing` checks an adapter against all this.
+
+    Precision: ``embed`` receives payloads in the dtype the model computes in (the model casts
+    them) and ``head`` returns predictions in that dtype; the model casts predictions back to
+    float32 for the loss and the samplers, whose state stays float32.
     """
 
     name: str = ""
@@ -83,6 +90,7 @@ class Adapter(nn.Module, ABC):
     attention: str = "bidirectional"
     vocab_size: int | None = None
     end_token: int | None = None
+    fp32_buffers: tuple[str, ...] = ()  # buffers kept in float32 under .to(half dtype)
 
     def __init__(self, dim: int):
         super().__init__()
@@ -127,6 +135,23 @@ class Adapter(nn.Module, ABC):
     @abstractmethod
     def decode(self, payload: Tensor) -> Any:
         """Payload → user data."""
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Optional: raise ``ValueError`` naming what was expected unless ``shape`` is the shape
+        of a payload this adapter takes (generation calls it before drawing a span of that
+        shape). The default checks nothing; :meth:`FusionModel.check_payload_shape` then
+        dry-runs :meth:`embed`."""
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.half()``, ...: buffers named in :attr:`fp32_buffers` move with the
+        model but keep float32 (cast from the values they had, not from a rounded copy)."""
+        kept = {name: self._buffers[name] for name in self.fp32_buffers if self._buffers.get(name) is not None}
+        out = super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return out
 
     # -- saving ----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

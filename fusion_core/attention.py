@@ -69,6 +69,10 @@ def resolve_backend(name: str, device: torch.device, mask_kind: str, needs_grad:
         device: where the attention runs.
         mask_kind: ``"causal"``, ``"full"`` or ``"mixed"``.
         needs_grad: whether a backward pass will follow.
+
+    Raises:
+        ValueError: an unknown name.
+        BackendUnavailable: the named backend cannot run here (the message says why).
     """
     if name not in BACKENDS:
         raise ValueError(f"attn_impl must be one of {BACKENDS}, got {name!r}")

@@ -50,15 +50,16 @@ class CachedDecoding:
         if n > max_len:
             raise ValueError(f"prompt of {n} positions exceeds max_len={max_len}")
         C = self.backbone.args.cond_dim
-        h = torch.zeros(B, n, D, device=self.device)
-        cond = torch.zeros(B, n, C, device=self.device) if C else None
+        h = torch.zeros(B, n, D, device=self.device, dtype=self.dtype)
+        cond = torch.zeros(B, n, C, device=self.device, dtype=self.dtype) if C else None
         span = torch.full((B, n), -1, dtype=torch.long)
         valid = torch.zeros(B, n, dtype=torch.bool)
         pos = torch.zeros(B, n, dtype=torch.long)
         for b, ((toks, conds, spans), k) in enumerate(zip(rows, lengths)):
             h[b, n - k :] = torch.cat(toks)
             if cond is not None:
-                cond[b, n - k :] = torch.cat([c if c is not None else torch.zeros(t.shape[0], C, device=self.device)
+                cond[b, n - k :] = torch.cat([c.to(self.dtype) if c is not None else
+                                              torch.zeros(t.shape[0], C, device=self.device, dtype=self.dtype)
                                               for c, t in zip(conds, toks)])
             span[b, n - k :] = torch.cat(spans)
             valid[b, n - k :] = True
@@ -70,16 +71,17 @@ class CachedDecoding:
 
     def _embed_clean(self, a: Adapter, payloads: Tensor) -> Embedded:
         if a.kind == "continuous":
-            return a.embed(list(payloads), torch.zeros(len(payloads), dtype=torch.long, device=self.device))
+            t = torch.zeros(len(payloads), dtype=torch.long, device=self.device)
+            return a.embed(list(payloads.to(self.dtype)), t)
         return a.embed(list(payloads))
 
     def _run_block(self, a: Adapter, emb: Embedded, B: int, cache: KVCache, commit: bool,
                    rows: Tensor | None = None) -> Tensor:
         n = emb.tokens.shape[0] // B
-        h = emb.tokens.view(B, n, self.dim)
+        h = emb.tokens.view(B, n, self.dim).to(self.dtype)
         C = self.backbone.args.cond_dim
-        cond = emb.cond.view(B, n, C) if emb.cond is not None else (
-            torch.zeros(B, n, C, device=self.device) if C else None)
+        cond = emb.cond.view(B, n, C).to(self.dtype) if emb.cond is not None else (
+            torch.zeros(B, n, C, device=self.device, dtype=self.dtype) if C else None)
         valid = None if rows is None else rows.to(self.device).bool()[:, None].expand(B, n)
         out = self.backbone.forward_cached(h, cache, block=a.attention, commit=commit, cond=cond, valid=valid)
         return out.reshape(B * n, self.dim)
@@ -104,8 +106,9 @@ class CachedDecoding:
         """One model evaluation of a continuous span against the cached prefix, without
         writing to the cache. ``x_t`` ``(B, *payload)``, ``t`` ``(B,)`` → prediction ``(B, *payload)``."""
         a = self.adapter(modality)
-        emb = a.embed(list(x_t), t.to(self.device))
-        return torch.stack(list(a.head(self._run_block(a, emb, x_t.shape[0], cache, commit=False), emb)))
+        emb = a.embed(list(x_t.to(self.dtype)), t.to(self.device))
+        out = a.head(self._run_block(a, emb, x_t.shape[0], cache, commit=False), emb)
+        return torch.stack(list(out)).to(x_t.dtype)  # the sampler's state keeps its (float32) dtype
 
     @torch.no_grad()
     def commit_span(self, x0: Tensor, cache: KVCache, modality: str, rows: Tensor | None = None) -> None:
@@ -154,7 +157,7 @@ class CachedDecoding:
         layouts: dict[tuple[int, int], SequenceLayout] = {}
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            emb = a.embed(list(x_t), t.to(self.device))
+            emb = a.embed(list(x_t.to(self.dtype)), t.to(self.device))
             B = x_t.shape[0]
             n = emb.tokens.shape[0] // B
             if (B, n) not in layouts:
@@ -162,6 +165,6 @@ class CachedDecoding:
                                                device=self.device)
             layout = layouts[(B, n)]
             out = self._backbone(layout, {modality: emb})
-            return torch.stack(list(a.head(layout.gather(out, modality), emb)))
+            return torch.stack(list(a.head(layout.gather(out, modality), emb))).to(x_t.dtype)
 
         return denoise

@@ -31,4 +31,5 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal(t, self.freq_dim))
+        """``(N,)`` steps → ``(N, out_dim)`` in the module's dtype."""
+        return self.mlp(sinusoidal(t, self.freq_dim).to(self.mlp[0].weight.dtype))

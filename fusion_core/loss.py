@@ -74,7 +74,7 @@ class TrainingLoss:
                     eps = move_tensors(list(noise[name]), self.device)
                 else:
                     eps = move_tensors([torch.randn(it.payload.shape, generator=generator, dtype=it.payload.dtype)
-                                 for it in items], self.device)
+                                        for it in items], self.device)
                 if len(eps) != n or tt.shape != (n,):
                     raise ValueError(f"{name!r}: need {n} steps and noises, got {tuple(tt.shape)} and {len(eps)}")
                 if all(p.shape == x[0].shape for p in x):  # one batched op for same-shape spans
@@ -85,7 +85,7 @@ class TrainingLoss:
                     targets[name] = [diff.target(p[None], e[None], tt[i : i + 1])[0]
                                      for i, (p, e) in enumerate(zip(x, eps))]
                 noisy[name], clean[name] = x_t, x
-                embedded[name] = a.embed(x_t, tt)
+                embedded[name] = a.embed([xi.to(self.dtype) for xi in x_t], tt)  # the model's dtype in
             else:
                 embedded[name] = a.embed(x)
         out = self._backbone(layout, embedded)
@@ -102,7 +102,7 @@ class TrainingLoss:
                 pred = a.head(out.reshape(-1, out.shape[-1]).index_select(0, where), None)
                 total = F.cross_entropy(pred.float(), tgt, reduction="sum")
             else:
-                pred = a.head(layout.gather(out, name), emb)
+                pred = [p.float() for p in a.head(layout.gather(out, name), emb)]  # the loss in float32
                 diff, tt = self.diffusion[name], steps[name]
                 if all(p.shape == pred[0].shape for p in pred):  # weighted per-span MSE
                     span = diff.loss(torch.stack(pred), torch.stack(targets[name]), tt)

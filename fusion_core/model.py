@@ -50,6 +50,12 @@ class FusionModel(TrainingLoss, CachedDecoding, nn.Module):
         fourier_weight: per continuous modality, weight of an extra term on each span: MSE between
             the FFT (along the payload's first axis) of the predicted and the true x0 (Diffusion-TS's
             frequency-domain loss for time series). Default: none.
+
+    Raises:
+        ValueError: no adapters; two adapters of one name; an object that is not an ``Adapter``;
+            an adapter whose declared attributes are invalid, whose name differs from its key or
+            whose ``dim`` differs from the backbone's; a continuous modality without a diffusion
+            process; weights naming unknown modalities; ``cond_dropout`` outside ``[0, 1)``.
     """
 
     def __init__(self, backbone: Transformer | TransformerArgs,
@@ -60,6 +66,12 @@ class FusionModel(TrainingLoss, CachedDecoding, nn.Module):
         super().__init__()
         self.backbone = backbone if isinstance(backbone, Transformer) else Transformer(backbone)
         if not isinstance(adapters, Mapping):
+            adapters = list(adapters)
+            names = [getattr(a, "name", None) for a in adapters]
+            dup = sorted({n for n in names if names.count(n) > 1}, key=str)
+            if dup:
+                raise ValueError(f"two adapters are named {dup[0]!r}: each modality needs its own name "
+                                 "(pass name=... to the adapter)")
             adapters = {a.name: a for a in adapters}
         if not adapters:
             raise ValueError("FusionModel needs at least one adapter")
@@ -191,20 +203,58 @@ class FusionModel(TrainingLoss, CachedDecoding, nn.Module):
         return [it for it in dropped if it.payload.numel() > 0] + example[first:]
 
     def _backbone(self, layout: SequenceLayout, embedded: dict[str, Embedded]) -> Tensor:
+        """Scatter each modality's embedded positions into ``(B, L, D)`` rows (in the dtype the
+        model computes in; under autocast, the embeddings' own) and run the backbone."""
         B, L, D = layout.batch_size, layout.seq_len, self.dim
         first = next(iter(embedded.values())).tokens
-        h = first.new_zeros(B, L, D)
+        dtype = first.dtype if torch.is_autocast_enabled(first.device.type) else self.dtype
+        h = first.new_zeros(B, L, D, dtype=dtype)
         C = self.backbone.args.cond_dim
-        cond = first.new_zeros(B, L, C) if C else None
+        cond = first.new_zeros(B, L, C, dtype=dtype) if C else None
         for name, emb in embedded.items():
             n = int(layout.index(name).numel())
             if emb.tokens.shape != (n, D):
-                raise ValueError(f"adapter {name!r} embedded {tuple(emb.tokens.shape)}, expected {(n, D)}")
-            h = layout.scatter(emb.tokens, name, h)
+                raise ValueError(f"adapter {name!r} embedded {tuple(emb.tokens.shape)}, expected {(n, D)} "
+                                 f"(its num_positions says {n} positions of width {D})")
+            h = layout.scatter(emb.tokens.to(dtype), name, h)
             if emb.cond is not None:
                 if cond is None:
                     raise ValueError(f"adapter {name!r} returns adaLN conditioning but the backbone "
                                      "has cond_dim=0; set TransformerArgs.cond_dim")
-                cond = layout.scatter(emb.cond, name, cond)
+                cond = layout.scatter(emb.cond.to(dtype), name, cond)
         return self.backbone(h, layout, cond=cond)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating type the model computes in (its backbone's weights)."""
+        return next(self.backbone.parameters()).dtype
+
+    def check_payload_shape(self, modality: str, shape: Sequence[int]) -> None:
+        """Refuse a span shape ``modality``'s adapter cannot take, before anything is sampled:
+        the adapter's :meth:`~fusion_core.adapter.Adapter.check_shape`, or (for adapters without
+        one) a dry run of its ``embed`` on a zero payload.
+
+        Raises:
+            ValueError: names the modality, the shape and what was expected.
+        """
+        a = self.adapter(modality)
+        if not (isinstance(shape, (tuple, list, torch.Size)) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                    and d >= 1 for d in shape)):
+            raise ValueError(f"a shape for {modality!r} is a tuple of positive ints, got {shape!r}")
+        shape = tuple(shape)
+        if type(a).check_shape is not Adapter.check_shape:
+            a.check_shape(shape)
+            return
+        try:
+            with torch.no_grad():
+                x = torch.zeros(shape, device=self.device, dtype=self.dtype)
+                t = torch.zeros(1, dtype=torch.long, device=self.device) if a.kind == "continuous" else None
+                emb = a.embed([x] if a.kind == "continuous" else [x.long()], t)
+                if emb.tokens.shape[0] != a.num_positions(x):
+                    raise ValueError(f"embedded {emb.tokens.shape[0]} positions, num_positions says "
+                                     f"{a.num_positions(x)}")
+        except Exception as e:  # noqa: BLE001 - a third-party adapter's own error, named with the shape
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"adapter {modality!r} cannot take a payload of shape {shape} ({first}); give the "
+                             "shape its encode() produces") from None
 

@@ -107,7 +107,8 @@ def check_config(config: Any, source: str = CONFIG_NAME) -> TransformerArgs:
     for name, spec in _section(config, "adapters", source).items():
         if not (isinstance(spec, Mapping) and isinstance(spec.get("class"), str)
                 and isinstance(spec.get("kwargs", {}), Mapping)):
-            raise ValueError(f"{source}: adapter {name!r} must be {{'class': str, 'kwargs': {{...}}}}, got {spec!r:.80}")
+            raise ValueError(f"{source}: adapter {name!r} must be {{'class': str, 'kwargs': {{...}}}}, "
+                             f"got {spec!r:.80}")
     for name, spec in _section(config, "diffusion", source).items():
         if not isinstance(spec, Mapping):
             raise ValueError(f"{source}: diffusion of {name!r} must be a mapping, got {type(spec).__name__}")

@@ -123,7 +123,11 @@ def backbone_args(cfg, **overrides) -> TransformerArgs:
 
 
 def preset(name: str, **overrides) -> TransformerArgs:
-    """A copy of a named preset with fields overridden."""
+    """A copy of a named preset with fields overridden.
+
+    Raises:
+        ValueError: an unknown preset name (the message lists them), or overrides the args reject.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown transformer preset {name!r}; known: {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)

@@ -111,6 +111,11 @@ class ImageAdapter(Adapter):
             in [-1, 1]; patches are then cut from the latent.
         latent_channels: channels of the autoencoder's latent (required with ``autoencoder``).
         max_grid: largest patch-grid side supported by the 2-D position embedding.
+
+    Raises:
+        ValueError: an unknown design or value range, a patch size that is not a positive int
+            (a power of two for ``unet``), too few ``unet_channels``, an autoencoder without
+            ``latent_channels``.
     """
 
     kind = "continuous"
@@ -198,11 +203,21 @@ class ImageAdapter(Adapter):
         p = self.patch_size
         C, H, W = x.shape
         if C != self.payload_channels:
-            raise ValueError(f"payload has {C} channels, expected {self.payload_channels}")
-        if H % p or W % p:
-            raise ValueError(f"image sides must be divisible by patch_size={p}; got H={H}, W={W}")
+            raise ValueError(f"adapter {self.name!r}: payload has {C} channels, expected {self.payload_channels} "
+                             f"(shape (C, H, W) = {(C, H, W)})")
+        if H % p or W % p or H < p or W < p:
+            raise ValueError(f"adapter {self.name!r}: image sides must be positive multiples of patch_size={p}; "
+                             f"got H={H}, W={W}")
         if H // p > self.max_grid or W // p > self.max_grid:
             raise ValueError(f"patch grid {H // p}x{W // p} exceeds max_grid={self.max_grid}")
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """A payload is ``(C, H, W)`` with the payload's channels and sides the patch grid divides."""
+        shape = tuple(shape)
+        C = self.payload_channels
+        if len(shape) != 3:
+            raise ValueError(f"adapter {self.name!r} takes payloads of shape ({C}, H, W), got {shape}")
+        self._check_payload(torch.empty(shape, device="meta"))
 
     def num_positions(self, payload: Tensor) -> int:
         self._check_payload(payload)
@@ -221,14 +236,14 @@ class ImageAdapter(Adapter):
     def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
         if t is None:
             raise ValueError("image embed needs the diffusion step t (use zeros for clean images)")
-        device = self.row_embed.device
+        device, dtype = self.row_embed.device, self.row_embed.dtype
         t = t.to(device)
         temb = self.t_embed(t)  # n D
         groups = _group_by_shape(payloads)
         tokens: list[Tensor | None] = [None] * len(payloads)
         ctx = {"groups": groups, "temb": temb, "skips": {}, "grid": {}}
         for shape, idx in groups.items():
-            x = torch.stack([payloads[i] for i in idx]).to(device)  # g C H W
+            x = torch.stack([payloads[i] for i in idx]).to(device, dtype)  # g C H W
             h, w = shape[1] // self.patch_size, shape[2] // self.patch_size
             te = temb[idx]
             if self.design == "linear":

@@ -51,6 +51,9 @@ class WordTokenizer:
 
     Args:
         words: the vocabulary, as :meth:`pieces` splits text (build it with :meth:`fit`).
+
+    Raises:
+        ValueError: repeated or empty words.
     """
 
     PIECE = re.compile(r" ?\w+| ?[^\w\s]+|\s+")  # every character falls in exactly one piece
@@ -128,6 +131,10 @@ class TextAdapter(Adapter):
             (one ``<boi:M>`` / ``<eoi:M>`` pair each).
         tie_weights: share the embedding matrix with the LM head.
         name: the modality name (default ``"text"``).
+
+    Raises:
+        ValueError: a tokenizer spec that is neither ``"bytes"``, ``{"words": [...]}`` nor an
+            object with ``encode``/``decode``; a word list with repeats or empty words.
     """
 
     kind = "discrete"

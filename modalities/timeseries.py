@@ -40,10 +40,15 @@ class TimeSeriesAdapter(Adapter):
             (added to every position) or ``"adaln"`` (backbone conditioning; set the backbone's
             ``cond_dim`` to ``dim``).
         name: modality name (default ``"timeseries"``).
+
+    Raises:
+        ValueError: an unknown scaling or timestep mode; ``features`` or ``patch`` not a
+            positive int.
     """
 
     kind = "continuous"
     attention = "bidirectional"
+    fp32_buffers = ("shift", "scale")  # user units (1013 hPa) need float32's precision under a bf16 model
 
     def __init__(self, dim: int, features: int, patch: int = 1, scaling: str = "minmax",
                  timestep: str = "token", name: str = "timeseries"):
@@ -128,6 +133,15 @@ class TimeSeriesAdapter(Adapter):
         x = (x - self.shift.cpu()) / self.scale.cpu()
         return torch.where(missing, torch.zeros_like(x), x)
 
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """A window payload is ``(T, F)`` with ``F = features`` and ``T`` a multiple of ``patch``."""
+        shape = tuple(shape)
+        if len(shape) != 2 or shape[1] != self.features or shape[0] < 1:
+            raise ValueError(f"adapter {self.name!r} takes windows of shape (T, {self.features}) (T steps of "
+                             f"{self.features} features), got {shape}")
+        if shape[0] % self.patch:
+            raise ValueError(f"adapter {self.name!r}: window length {shape[0]} must be divisible by patch={self.patch}")
+
     def num_positions(self, payload: Tensor) -> int:
         extra = 1 if self.timestep == "token" else 0
         return payload.shape[0] // self.patch + extra
@@ -139,13 +153,13 @@ class TimeSeriesAdapter(Adapter):
     def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
         if t is None:
             raise ValueError("time-series embed needs the diffusion step t")
-        device = self.inp.weight.device
+        device, dtype = self.inp.weight.device, self.inp.weight.dtype
         lengths = [p.shape[0] // self.patch for p in payloads]
         temb = self.t_embed(t.to(device))  # n D
         if len(set(lengths)) == 1:  # all windows alike: one batched pass
             n = lengths[0]
-            x = rearrange(torch.stack(list(payloads)).to(device), "b (n k) f -> b n (k f)", k=self.patch)
-            tok = self.inp(x) + sinusoidal(torch.arange(n, device=device), self.dim)  # b n D
+            x = rearrange(torch.stack(list(payloads)).to(device, dtype), "b (n k) f -> b n (k f)", k=self.patch)
+            tok = self.inp(x) + sinusoidal(torch.arange(n, device=device), self.dim).to(dtype)  # b n D
             cond = None
             if self.timestep == "token":
                 tok = torch.cat([temb[:, None], tok], dim=1)
@@ -154,8 +168,8 @@ class TimeSeriesAdapter(Adapter):
             else:
                 cond = temb[:, None].expand(-1, n, -1).reshape(-1, self.dim)
             return Embedded(tok.reshape(-1, self.dim), cond=cond, context=lengths)
-        x = torch.cat([rearrange(p.to(device), "(n k) f -> n (k f)", k=self.patch) for p in payloads])
-        pos = torch.cat([sinusoidal(torch.arange(n, device=device), self.dim) for n in lengths])
+        x = torch.cat([rearrange(p.to(device, dtype), "(n k) f -> n (k f)", k=self.patch) for p in payloads])
+        pos = torch.cat([sinusoidal(torch.arange(n, device=device), self.dim) for n in lengths]).to(dtype)
         per = list((self.inp(x) + pos).split(lengths))  # each n_i D
         cond = None
         if self.timestep == "token":

@@ -162,7 +162,7 @@ def test_image_patch_count_and_linear_patch_order():
     img = ImageAdapter(8, channels=1, patch_size=2)
     x = img.encode(torch.rand(1, 6, 4))
     assert img.num_positions(x) == 3 * 2
-    with pytest.raises(ValueError, match="divisible by patch_size=2"):
+    with pytest.raises(ValueError, match="multiples of patch_size=2"):
         img.num_positions(torch.zeros(1, 5, 4))
     with pytest.raises(ValueError, match="power-of-two"):
         ImageAdapter(8, patch_size=3, design="unet")

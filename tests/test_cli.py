@@ -54,3 +54,19 @@ def test_console_script_and_module_entry_points_work():
     assert r.returncode == 0 and "toy" in r.stdout
     r = subprocess.run([sys.executable, "-m", "fusion_core.engine.cli", "ls"], capture_output=True, text=True)
     assert r.returncode == 0 and "toy" in r.stdout
+
+
+def test_sample_takes_an_exported_model_folder_and_never_writes_into_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main(["run", "toy", "--preset", "tiny", "train.progress=false", f"run_dir={run}", "train.steps=2",
+                 "train.ckpt_every=2"]) == 0
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    before = sorted(p.name for p in (tmp_path / "exported").iterdir())
+    assert main(["sample", str(tmp_path / "exported")]) == 0  # a model folder on its own
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == before  # nothing written into it
+    made = next((tmp_path / "runs").iterdir())
+    assert (made / "samples.txt").is_file() and (made / "config.yaml").is_file()
+    assert main(["sample", str(run / "model")]) == 0 and (run / "samples.txt").is_file()  # the run around it
+    assert "samples.txt" not in {p.name for p in (run / "model").iterdir()}
+    capsys.readouterr()

@@ -48,15 +48,20 @@ def test_interleave_lays_out_markers_around_any_modality(model):
 
 
 def test_generate_switches_to_spans_of_any_named_modality(model):
-    gens = generate(model, ["a two", "b"], _sampler(model), SHAPES, force="picture", max_new_tokens=3)
+    both = {"picture": _sampler(model), "sensor": _sampler(model, "sensor")}
+    gens = generate(model, ["a two", "b"], both, SHAPES, force="picture", max_new_tokens=3)
     for g in gens:
         assert g.segments[0][0] == "picture" and g.spans("picture")[0].shape == (1, 8, 8)
         assert g.stop == "max_new_tokens" and g.new_tokens == 3
-    gens = generate(model, ["x"], {"sensor": _sampler(model, "sensor")}, SHAPES, force="sensor", max_new_tokens=1)
+    gens = generate(model, ["x"], {"sensor": _sampler(model, "sensor")}, {"sensor": SHAPES["sensor"]}, force="sensor",
+                    max_new_tokens=1)
     series = gens[0].spans("sensor")[0]
     assert series.shape == (8, 2) and abs(float(series.mean()) - 10) < 20  # user units (the scaler's)
     with pytest.raises(ValueError, match="no sampler given for modality 'sensor'"):
         generate(model, ["x"], {"picture": _sampler(model)}, SHAPES, force="sensor")
+    with pytest.raises(ValueError, match="sampler was built for .*prediction='eps'.* modality 'sensor' was trained "
+                                         "with .*prediction='v'"):  # one sampler for both: refused, not garbage
+        generate(model, ["x"], _sampler(model), SHAPES, force="sensor")
 
 
 def test_max_new_tokens_is_honoured_and_a_cap_is_reported(model):
@@ -86,7 +91,8 @@ def test_guided_spans_agree_between_interleaved_and_direct_generation(model):
     """generate() runs the conditional and unconditional caches in two passes, generate_span() in
     one batched pass: the same guided image either way."""
     sampler = _sampler(model, steps=4)
-    inter = generate(model, ["a two", "a three"], sampler, SHAPES, force="picture", guidance=3.0, max_new_tokens=0)
+    inter = generate(model, ["a two", "a three"], sampler, {"picture": SHAPES["picture"]}, force="picture",
+                     guidance=3.0, max_new_tokens=0)
     direct = generate_span(model, ["a two", "a three"], "picture", (1, 8, 8), sampler, guidance=3.0)
     for g, d in zip(inter, direct):
         torch.testing.assert_close(g.spans("picture")[0], d, atol=1e-5, rtol=1e-5)
@@ -112,10 +118,10 @@ def test_impute_returns_observed_values_exactly_for_series_and_images(model):
     out = impute(model, "sensor", values, s, resample=2)
     known = np.isfinite(values)
     assert isinstance(out, np.ndarray) and np.isfinite(out).all()
-    assert np.array_equal(out[known], values[known].astype(np.float32))
+    assert np.array_equal(out[known], values[known]) and out.dtype == values.dtype  # float64 in, float64 out
     fc = forecast(model, "sensor", values[:, :3], 8, s, prompts=["up"] * 4)  # a gap in the history is filled too
     hist = np.isfinite(values[:, :3])
-    assert np.array_equal(fc[:, :3][hist], values[:, :3][hist].astype(np.float32)) and np.isfinite(fc).all()
+    assert np.array_equal(fc[:, :3][hist], values[:, :3][hist]) and np.isfinite(fc).all()
     img = torch.rand(2, 1, 8, 8)
     img[0, 0, 2:5, 2:5] = float("nan")  # missing pixels
     filled = impute(model, "picture", img, _sampler(model))

@@ -191,7 +191,7 @@ def test_warmup_then_cosine_to_min_lr():
 
 def test_ema_tracks_weights():
     m = torch.nn.Linear(2, 2)
-    ema = EMA(m, decay=0.5)
+    ema = EMA(m, decay=0.5, warmup=False)
     start = m.weight.detach().clone()
     with torch.no_grad():
         m.weight.add_(2.0)
@@ -199,6 +199,24 @@ def test_ema_tracks_weights():
     torch.testing.assert_close(ema.shadow["weight"], start + 1.0)
     ema.copy_to(m)
     torch.testing.assert_close(m.weight.detach(), start + 1.0)
+
+
+def test_ema_warmup_forgets_the_initialisation_at_the_closed_form_rate():
+    """Weights held at 0 after an initialisation of 1: the shadow is the initialisation's share,
+    prod_k d_k with d_k = min(decay, (1 + k) / (10 + k)) (0.999**n without the warm-up)."""
+    from fusion_core.engine.ema import warmup_decay
+
+    m = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(1.0)  # the "initialisation"
+    ema = EMA(m, decay=0.999)
+    with torch.no_grad():
+        m.weight.fill_(0.0)  # trained weights, held fixed: the shadow is the initial share left
+    for n in range(2000):
+        ema.update(m)
+    share = math.prod(warmup_decay(0.999, k) for k in range(2000))
+    assert ema.shadow["weight"].item() == pytest.approx(share, rel=1e-4)
+    assert share < 1e-3 < 0.999**2000  # 0.135 without the warm-up
 
 
 def _launch(nproc, *args, env=None):

@@ -16,7 +16,11 @@ SAMPLERS = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm_solver": DPMSolverSam
 
 
 def make_sampler(name: str, diffusion: GaussianDiffusion, steps: int | None = None, **kwargs) -> Sampler:
-    """A sampler by name: ``ddpm`` (ancestral), ``ddim`` (``eta=...``), ``dpm_solver`` (++2M)."""
+    """A sampler by name: ``ddpm`` (ancestral), ``ddim`` (``eta=...``), ``dpm_solver`` (++2M).
+
+    Raises:
+        ValueError: an unknown name, or what the sampler's constructor raises.
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; known: {sorted(SAMPLERS)}")
     return SAMPLERS[name](diffusion, steps, **kwargs)

@@ -12,6 +12,16 @@ from .sampler import Sampler, StepOutput, _noise_like
 
 
 class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021): deterministic at ``eta = 0``, DDPM-like at ``eta = 1``.
+
+    Args:
+        diffusion, steps, spacing, clip_x0: see :class:`~fusion_core.diffusion.Sampler`.
+        eta: the noise kept at each step (0 = deterministic).
+
+    Raises:
+        ValueError: ``eta < 0``, or what :class:`~fusion_core.diffusion.Sampler` raises.
+    """
+
     default_spacing = "linspace"
 
     def __init__(self, diffusion, steps=None, spacing=None, clip_x0=None, eta: float = 0.0):

@@ -43,6 +43,10 @@ class GaussianDiffusion:
         weighting: per-sample loss weight, ``"uniform"`` (the papers') or ``"min_snr"``
             (Hang et al. 2023, with ``snr_gamma``); see :meth:`loss_weight`.
         snr_gamma: the SNR clip of ``min_snr``.
+
+    Raises:
+        ValueError: an unknown prediction, weighting or schedule; ``T`` outside ``[1, 100000]``;
+            a schedule table that is not decreasing in (0, 1]; ``snr_gamma <= 0``.
     """
 
     def __init__(self, schedule: str | np.ndarray = "cosine", T: int = 1000, prediction: str = "eps",

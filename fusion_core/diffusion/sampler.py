@@ -36,6 +36,9 @@ class Sampler(ABC):
             class's ``default_spacing``. ODE solvers visit ``t = 0`` last ("linspace"): jumping to
             clean data from a noisier step collapses the variance of narrow distributions.
         clip_x0: clamp predicted x0 to ``[-clip_x0, clip_x0]`` (TransFusion clips to [-1, 1]).
+
+    Raises:
+        ValueError: ``steps`` outside ``[1, T]`` or an unknown ``spacing``.
     """
 
     default_spacing = "trailing"

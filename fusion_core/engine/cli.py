@@ -107,6 +107,51 @@ def cmd_run(a) -> int:
     return 0
 
 
+def _run_folder(path: str | Path) -> Path:
+    """The run folder ``fusion sample/evaluate`` work in, for ``path``: a run folder itself; the
+    run around its ``model/``; or, for a model folder on its own (``fusion export``, a model
+    someone sent), a new run folder under ``runs/`` that holds the model (hard links, or a copy)
+    and the config its export recorded — so outputs never land inside the model folder.
+
+    Raises:
+        ConfigError: not a run or model folder, or a model folder that records no recipe config.
+    """
+    path = Path(path)
+    if (path / "config.yaml").is_file():
+        return path
+    if not (path / "model.json").is_file():
+        raise ConfigError(f"{path} is neither a run folder (config.yaml) nor a model folder (model.json)")
+    if path.name == "model" and (path.parent / "config.yaml").is_file():
+        return path.parent
+    import json
+    import shutil
+    from datetime import datetime
+
+    from ..storage import atomic_write_text, publish_folder
+
+    try:
+        meta = json.loads((path / "model.json").read_text()).get("metadata", {})
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(f"{path / 'model.json'}: not readable ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), str) or not meta.get("recipe"):
+        raise ConfigError(f"{path} is a model folder that records no recipe config (saved outside a recipe): "
+                          "load it in Python with FusionModel.from_pretrained")
+    run = Path("runs") / f"{meta['recipe']}-from-{path.resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+    def link_model(tmp: Path) -> None:
+        for f in path.iterdir():
+            if f.name in ("model.json", "model.safetensors", "ema.safetensors") and f.is_file() and not f.is_symlink():
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:  # another file system: a copy
+                    shutil.copy2(f, tmp / f.name)
+
+    publish_folder(run / "model", link_model)
+    atomic_write_text(run / "config.yaml", meta["config"])
+    print(f"run folder for {path}: {run}", file=sys.stderr)
+    return run
+
+
 def _run_config(run_dir: str, overrides=()):
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -145,6 +190,7 @@ def cmd_recipe_command(a) -> int:
     from .runfolder import refuse_links
 
     args = [x for x in a.args if x != "--trust-remote-code"]
+    a.run_dir = _run_folder(a.run_dir)
     recipe, _ = _run_config(a.run_dir)
     fn = getattr(recipe, a.command)
     if fn is None:
@@ -168,7 +214,11 @@ def cmd_export(a) -> int:
         pass
     from ..pretrained import resolve
 
-    out = model.save_pretrained(a.out_dir, ema=ema, metadata={"exported_from": str(resolve(a.run_dir))})
+    from ..pretrained import read_config
+
+    meta = read_config(a.run_dir).get("metadata", {})
+    keep = {k: meta[k] for k in ("recipe", "config", "step") if k in meta}
+    out = model.save_pretrained(a.out_dir, ema=ema, metadata={**keep, "exported_from": str(resolve(a.run_dir))})
     print(f"model folder: {out}")
     return 0
 

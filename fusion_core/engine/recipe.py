@@ -168,7 +168,7 @@ class Recipe:
                 if job.save is not None:
                     job.save(run_dir)
             trainer.fit(resume=resume)
-            trainer.export(run_dir / "model", {"recipe": self.name})
+            trainer.export(run_dir / "model", {"recipe": self.name, "config": to_yaml(cfg)})
             shutdown(info)
             if info.is_main:
                 write_train_time(run_dir, trainer.train_seconds, trainer.precision)
@@ -245,7 +245,11 @@ def registered_recipes() -> dict[str, str]:
 
 
 def get_recipe(name: str) -> Recipe:
-    """The recipe registered as ``name``; unknown names list the known ones."""
+    """The recipe registered as ``name``.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the registered recipes).
+    """
     known = registered_recipes()
     if name not in known:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {sorted(known)}")
@@ -331,6 +335,7 @@ def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
         logger.addHandler(fh)
 
 
-__all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "trusting_remote_code", "machine_description", "parse_command",
+__all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "trusting_remote_code", "machine_description",
+           "parse_command",
            "prepare_run_dir", "read_train_time", "TrainTime", "registered_recipes", "setup_logging", "to_yaml",
            "write_train_time"]

@@ -112,7 +112,8 @@ def safe_load(state: dict, path: Path, distributed: bool = False) -> None:
             text = str(e)
             first = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                           if "CheckpointError:" in line), None)
-            raise CheckpointError(first or f"{path}: cannot read this sharded checkpoint ({text.splitlines()[0]})") from None
+            first = first or f"{path}: cannot read this sharded checkpoint ({text.splitlines()[0]})"
+            raise CheckpointError(first) from None
         raise CheckpointError(str(first)) from None
 
 

@@ -62,6 +62,7 @@ class TrainArgs:
     grad_accum: int = 1
     optim: OptimArgs = field(default_factory=OptimArgs)
     ema_decay: float = 0.0  # 0 = no EMA
+    ema_warmup: bool = True  # the decay of update n is min(ema_decay, (1 + n) / (10 + n)) (fusion_core.engine.ema)
     ckpt_every: int = 500
     keep_last: int = 3
     log_every: int = 10
@@ -151,6 +152,11 @@ class Trainer:
         run_dir: where metrics, checkpoints and the config go.
         config_yaml: the resolved config, stored in every checkpoint.
         dist_info: from :func:`~fusion_core.distributed.init_distributed` (default: 1 process).
+
+    Raises:
+        ValueError: a batch that does not split over accumulation and processes, an empty
+            dataset, a device that is not here, or a step that cannot fit in memory or would take
+            longer than ten minutes (estimated before anything runs; the message names the sizes).
     """
 
     def __init__(self, model: FusionModel, dataset: Sequence, collate: Collate, args: TrainArgs,
@@ -179,7 +185,7 @@ class Trainer:
         if self.info.enabled and args.strategy == "ddp":
             self.wrapped.find_unused_parameters = True  # a rank's batch may lack a modality
         self.opt, self.sched = build_optimizer(self.model, args.optim, args.steps)
-        self.ema = EMA(self.model, args.ema_decay) if args.ema_decay > 0 else None
+        self.ema = EMA(self.model, args.ema_decay, args.ema_warmup) if args.ema_decay > 0 else None
         self._fused = bool(self.opt.param_groups[0].get("fused"))
         self._bad_step = torch.tensor(-1, device=self.info.device)  # first non-finite step since the last check
         self._bad_values = torch.zeros(len(self.model.adapters) + 2, dtype=torch.float64, device=self.info.device)
@@ -303,7 +309,8 @@ class Trainer:
                 yield self.collated(step)
             return
         loader = torch.utils.data.DataLoader(
-            StepBatches(self.model, self.collate, self.micro_batches, self.args.steps), batch_size=None, sampler=range(self.step, self.args.steps),
+            StepBatches(self.model, self.collate, self.micro_batches, self.args.steps), batch_size=None,
+            sampler=range(self.step, self.args.steps),
             num_workers=self.args.workers, prefetch_factor=self.args.prefetch,
             pin_memory=self.info.device.type == "cuda", persistent_workers=False)
         for batches in loader:
@@ -400,6 +407,8 @@ class Trainer:
         rngs = state["rng"]
         _set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
         self.step = int(state["step"])
+        if self.ema is not None:
+            self.ema.num_updates = self.step  # one update per step: the warm-up continues where it was
         self.train_seconds = float(state.get("train_seconds", 0.0))  # older checkpoints lack it
         self.metrics.truncate_after(self.step)
         if self.info.is_main:
@@ -551,7 +560,8 @@ def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         from .sharded import read_index
 
         meta = read_index(path).state_dict_metadata
-        return {k[len("model."):]: tuple(v.size) for k, v in meta.items() if k.startswith("model.") and hasattr(v, "size")}
+        return {k[len("model."):]: tuple(v.size) for k, v in meta.items()
+                if k.startswith("model.") and hasattr(v, "size")}
     from safetensors import safe_open
 
     with safe_open(str(path / "model.safetensors"), "pt") as f:

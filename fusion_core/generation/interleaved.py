@@ -4,17 +4,22 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from tqdm.auto import tqdm
+
 from ..adapter import Adapter
 from ..diffusion import Sampler
 from ..model import FusionModel, Item
+from ..validation import check_finite_number, check_int
 from .args import Generated
-from .prompts import (Prompt, _pick, _per_modality, _positions, _prompt_items, _span_positions, _uncond,
-                      _with_begin, _writer_ids, writer_of)
+from .checks import (bound_sampler, check_guidance, check_progress, check_prompts, check_span_shape,
+                     continuous_adapter, eval_mode, make_generator, named_adapter)
+from .prompts import (Prompt, _pick, _positions, _prompt_items, _span_positions, _uncond, _with_begin, _writer_ids,
+                      writer_of)
 from .spans import _decode
 
 
@@ -23,7 +28,8 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
              shapes: Mapping[str, Sequence[int]] | None = None, *, writer: str | None = None,
              guidance: float | None = None, max_new_tokens: int = 64, max_len: int | None = None,
              temperature: float = 0.0, top_k: int | None = None, force: str | None = None,
-             max_spans: int = 1, seed: int = 0) -> list[Generated]:
+             max_spans: int = 1, seed: int = 0, generator: torch.Generator | None = None,
+             progress: bool = False) -> list[Generated]:
     """Continue each prompt: text until the writer's ``<eos>`` or ``max_new_tokens``; a span of
     modality M whenever a row emits ``<boi:M>`` (at most ``max_spans`` spans per row) or its
     prompt ends with it. A continuous M is sampled against the cached prefix and committed clean;
@@ -44,20 +50,44 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
             cache grows as needed and ``max_new_tokens`` is always honoured. A row that reaches
             the cap ends early and :attr:`Generated.stop` says ``"max_len"``.
         force: start every row with a span of this modality.
-        seed: seeds the span noise and token sampling.
+        seed, generator: the span noise and token sampling; ``generator`` (used and advanced)
+            wins over ``seed``.
+        progress: a progress bar over the tokens written.
 
     Returns:
-        One :class:`Generated` per prompt.
+        One :class:`Generated` per prompt. The model is left in the train/eval mode it was in.
+
+    Raises:
+        ValueError: unknown modality names; a shape a modality's adapter does not take; a sampler
+            built for another modality's diffusion; negative or non-finite numbers.
+        TypeError: a bare string for ``prompts`` (one row per character), a prompt of another type.
     """
-    model.eval()
+    prompts = check_prompts(prompts)
+    with eval_mode(model):
+        return _generate(model, prompts, sampler, shapes, writer, check_guidance(guidance),
+                         check_int("max_new_tokens", max_new_tokens, low=0), max_len,
+                         check_finite_number("temperature", temperature, low=0), top_k, force,
+                         check_int("max_spans", max_spans, low=0), make_generator(generator, seed),
+                         check_progress(progress))
+
+
+def _generate(model, prompts, sampler, shapes, writer, guidance, max_new_tokens, max_len, temperature, top_k,
+              force, max_spans, g, progress) -> list[Generated]:
+    if max_len is not None:
+        check_int("max_len", max_len, low=1)
+    if top_k is not None:
+        check_int("top_k", top_k, low=0)
     w = writer_of(model, writer)
     items = [_prompt_items(model, p, w) for p in prompts]
     if not items:
         return []
     shapes = dict(shapes or {})
-    for m in shapes:
-        if model.adapter(m).kind != "continuous" or w.begin_marker(m) is None:
-            raise ValueError(f"shapes names {m!r}: not a continuous modality that writer {w.name!r} marks")
+    for m in list(shapes):
+        continuous_adapter(model, m, "generate (shapes)")
+        if w.begin_marker(m) is None:
+            raise ValueError(f"shapes names {m!r}, which writer {w.name!r} has no markers for")
+        shapes[m] = check_span_shape(model, m, shapes[m], f"shapes[{m!r}]")
+    samplers = {m: bound_sampler(model, m, sampler) for m in shapes}
     spans = {w.begin_marker(m): m for m in shapes}  # continuous modalities given a shape
     spans.update({w.begin_marker(m): m for m, a in model.adapters.items()  # discrete ones that can end
                   if m != w.name and a.kind == "discrete" and a.end_token is not None
@@ -71,8 +101,8 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
     if max_len is not None and longest > max_len:
         raise ValueError(f"a prompt of {longest} positions exceeds max_len={max_len}")
     cap = max_len if max_len is not None else float("inf")
-    g = torch.Generator().manual_seed(seed)
     B = len(items)
+    bar = tqdm(total=max_new_tokens, disable=not progress, desc="generate", leave=False)
     cache, last = model.prefill(items, max_len=longest + max_new_tokens + 1)
     out = [Generated(writer=w.name) for _ in range(B)]
     pieces: list[list[int]] = [[] for _ in range(B)]
@@ -106,7 +136,7 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
                 if guidance is not None:
                     uprompts = [_uncond([Item(w.name, torch.tensor(ids or [w.bos_id]))], w, m) for ids in row_ids]
                     ucache, _ = model.prefill(uprompts, max_len=max(len(p[0].payload) for p in uprompts))
-                x = model.sample_span(cache, m, tuple(shapes[m]), _per_modality(sampler, m, "sampler"),
+                x = model.sample_span(cache, m, tuple(shapes[m]), samplers[m],
                                       guidance_scale=guidance, generator=g, uncond_cache=ucache)
                 model.commit_span(x, cache, m, rows=rows)
                 a = model.adapter(m)
@@ -128,8 +158,11 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
             break
         cache.reserve(1)
         feeds: dict[tuple[str, str], dict[int, int]] = {}  # (embedded as, scored by) → row → token
-        for name in sorted(set(mode[b] for b in range(B) if not done[b])):
-            rows_m = [b for b in range(B) if not done[b] and mode[b] == name]
+        groups: dict[str, list[int]] = {}  # the rows of each mode as this step starts: a row that
+        for b in range(B):  # leaves a span below is stepped once, not again under its new mode
+            if not done[b]:
+                groups.setdefault(mode[b], []).append(b)
+        for name, rows_m in groups.items():
             picked = _pick(torch.stack([logits[b] for b in rows_m]), temperature, top_k, g).cpu()
             for b, t in zip(rows_m, picked.tolist()):
                 out[b].new_tokens += 1
@@ -145,6 +178,8 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
             for b in toks:
                 logits[b] = after[b]
         steps += 1
+        bar.update(1)
+    bar.close()
     for b in range(B):
         _flush(out[b], pieces[b], mode[b], model.adapter(mode[b]))
     return out
@@ -188,39 +223,76 @@ def _flush(gen: Generated, ids: list[int], name: str, adapter: Adapter) -> None:
 
 @torch.no_grad()
 def generate_span(model: FusionModel, prompts: Sequence[Prompt], modality: str, shape: Sequence[int],
-                  sampler: Sampler, guidance: float | None = None, seed: int = 0, writer: str | None = None,
-                  decode: bool = True) -> Tensor:
+                  sampler: Sampler | Mapping[str, Sampler] | Any, guidance: float | None = None, seed: int = 0,
+                  writer: str | None = None, decode: bool = True, *, generator: torch.Generator | None = None,
+                  progress: bool = False) -> Tensor:
     """A span of ``modality`` after each prompt (text → image, text → series): the begin marker
     is appended where missing, the prompts are encoded once into the KV cache and every
     denoising step attends to them. With ``guidance``, conditional and unconditional prompts
     (the writer's ``drop_condition``) run in one batched pass.
 
+    Args:
+        sampler: a :class:`Sampler` built for ``model.diffusion[modality]``, a
+            :class:`SampleArgs`, or a mapping of either per modality.
+        seed, generator: the noise; ``generator`` (used and advanced) wins over ``seed``.
+        progress: a progress bar over the denoising steps.
+
     Returns:
         ``(B, ...)``: decoded to user units (``decode``) or payloads.
+
+    Raises:
+        ValueError: an unknown or discrete modality; a shape the adapter does not take; a writer
+            without markers for ``modality``; a sampler of another diffusion; ``guidance < 0``.
+        TypeError: a bare string for ``prompts``.
     """
-    model.eval()
-    w = writer_of(model, writer, modality)
-    cond = [_with_begin(_prompt_items(model, p, w), w, modality) for p in prompts]
-    rows = cond + ([_uncond(c, w, modality) for c in cond] if guidance is not None else [])
-    cache, _ = model.prefill(rows, max_len=max(_positions(model, r) for r in rows))
-    x = model.sample_span(cache, modality, tuple(shape), sampler, guidance_scale=guidance,
-                          generator=torch.Generator().manual_seed(seed))
-    return _decode(model.adapter(modality), x.cpu()) if decode else x.cpu()
+    prompts = check_prompts(prompts)
+    a = continuous_adapter(model, modality, "generate_span")
+    shape = check_span_shape(model, modality, shape)
+    sampler = bound_sampler(model, modality, sampler)
+    guidance = check_guidance(guidance)
+    g = make_generator(generator, seed)
+    with eval_mode(model):
+        w = writer_of(model, writer, modality)
+        cond = [_with_begin(_prompt_items(model, p, w), w, modality) for p in prompts]
+        if not cond:
+            return torch.zeros(0, *shape)
+        rows = cond + ([_uncond(c, w, modality) for c in cond] if guidance is not None else [])
+        cache, _ = model.prefill(rows, max_len=max(_positions(model, r) for r in rows))
+        x = model.sample_span(cache, modality, shape, sampler, guidance_scale=guidance, generator=g,
+                              progress=check_progress(progress))
+    return _decode(a, x.cpu()) if decode else x.cpu()
 
 
 @torch.no_grad()
 def caption(model: FusionModel, modality: str, raws, prompt: str = "", max_new_tokens: int = 40,
             writer: str | None = None, temperature: float = 0.0, top_k: int | None = None,
-            seed: int = 0) -> list[str]:
+            seed: int = 0, *, generator: torch.Generator | None = None, progress: bool = False) -> list[str]:
     """The writer's text after each item of ``modality`` (captioning): the prompt is
     ``<bos> <boi:M>`` item ``<eoi:M>`` (+ optional ``prompt`` text), as in training examples
     that put the item first.
 
     Args:
         raws: the items in user units, a batch (first axis) or a list.
+
+    Raises:
+        ValueError: an unknown modality, a writer without markers for it, items its adapter's
+            ``encode`` rejects (named by index).
+        TypeError: ``raws`` a bare string, ``prompt`` not a string.
     """
+    named_adapter(model, modality)
+    if isinstance(raws, (str, bytes)) or raws is None:
+        raise TypeError(f"raws is a batch or a list of {modality!r} items, got {type(raws).__name__}")
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     w = writer_of(model, writer, modality)
-    prompts = [[(modality, raw)] + ([prompt] if prompt else []) for raw in raws]
+    a = model.adapter(modality)
+    items = list(raws)
+    for i, raw in enumerate(items):  # what a wrong item is, said with its index, before any decoding
+        try:
+            a.encode(raw)
+        except ValueError as e:
+            raise ValueError(f"raws[{i}]: {e}") from None
+    prompts = [[(modality, raw)] + ([prompt] if prompt else []) for raw in items]
     gens = generate(model, prompts, writer=w.name, max_new_tokens=max_new_tokens, max_spans=0,
-                    temperature=temperature, top_k=top_k, seed=seed)
+                    temperature=temperature, top_k=top_k, seed=seed, generator=generator, progress=progress)
     return [g.text for g in gens]

@@ -5,7 +5,7 @@ as Transfusion does."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -18,19 +18,38 @@ Prompt = Any  # str | list[Item] | list[str | tuple[str, raw] | Item]
 
 def writer_of(model: FusionModel, writer: str | None = None, for_modality: str | None = None) -> Adapter:
     """The discrete adapter that writes text and marks spans (``writer``, or the only discrete
-    adapter that has a begin marker for ``for_modality``)."""
+    adapter that has a begin marker for ``for_modality``).
+
+    Raises:
+        ValueError: an unknown modality or writer; no writer (or several) that marks
+            ``for_modality`` — the message names the writers and the modalities they mark.
+    """
+    if for_modality is not None:
+        model.adapter(for_modality)  # an unknown name is said as such, with the known ones
     if writer is not None:
         a = model.adapter(writer)
         if a.kind != "discrete" or not hasattr(a, "begin_marker"):
             raise ValueError(f"writer {writer!r} must be a discrete adapter with begin/end markers")
+        if for_modality is not None and a.begin_marker(for_modality) is None:
+            raise ValueError(f"writer {writer!r} has no markers for {for_modality!r} ({_marks(model, a)})")
         return a
-    cands = [a for a in model.adapters.values() if a.kind == "discrete" and hasattr(a, "begin_marker")
-             and (for_modality is None or a.begin_marker(for_modality) is not None)]
-    if len(cands) != 1:
-        what = f" with markers for {for_modality!r}" if for_modality else ""
-        raise ValueError(f"need exactly one discrete writer adapter{what}, found "
-                         f"{[a.name for a in cands]}: pass writer=NAME")
-    return cands[0]
+    writers = [a for a in model.adapters.values() if a.kind == "discrete" and hasattr(a, "begin_marker")]
+    cands = [a for a in writers if for_modality is None or a.begin_marker(for_modality) is not None]
+    if len(cands) == 1:
+        return cands[0]
+    if not writers:
+        raise ValueError(f"this model has no writer (a discrete adapter with begin/end markers, such as a "
+                         f"TextAdapter); its modalities: {sorted(model.adapters)}")
+    if not cands:
+        marks = "; ".join(f"{a.name!r}: {_marks(model, a)}" for a in writers)
+        raise ValueError(f"no writer has markers for {for_modality!r} ({marks}): build the writer with "
+                         f"markers=(..., {for_modality!r})")
+    raise ValueError(f"several writers mark {for_modality or 'spans'}: {[a.name for a in cands]}; pass writer=NAME")
+
+
+def _marks(model: FusionModel, w: Adapter) -> str:
+    marked = [m for m in model.adapters if m != w.name and w.begin_marker(m) is not None]
+    return f"it marks {marked}" if marked else "it marks none"
 
 
 def interleave(model: FusionModel, segments: Sequence, writer: str | None = None, bos: bool = True,
@@ -43,9 +62,14 @@ def interleave(model: FusionModel, segments: Sequence, writer: str | None = None
         segments: ``str`` (the writer's text), ``(modality, raw)`` (encoded by that adapter) or a
             ready :class:`~fusion_core.model.Item` (taken as is, no markers added).
         bos, eos: open and close the example with the writer's ``<bos>`` / ``<eos>``.
+
+    Raises:
+        ValueError: an empty or non-list example, a segment of another type, an unknown modality
+            or one the writer has no markers for, a raw item the modality's ``encode`` rejects.
     """
     if isinstance(segments, str) or not isinstance(segments, Sequence) or not len(segments):
-        raise ValueError("an example is a non-empty list of segments: str or (modality, raw)")
+        raise ValueError(f"an example (a prompt) is a str or a non-empty list of segments — str, (modality, raw) "
+                         f"or Item — got {type(segments).__name__} {segments!r:.40}")
     w = writer_of(model, writer)
     items: list[Item] = []
     pending: list[int] = [w.bos_id] if bos else []
@@ -128,13 +152,3 @@ def _pick(logits: Tensor, temperature: float, top_k: int | None, g: torch.Genera
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.float().softmax(-1).cpu()
     return torch.multinomial(probs, 1, generator=g)[:, 0].to(logits.device)
-
-
-def _per_modality(value, name: str, what: str):
-    if isinstance(value, Mapping):
-        if name not in value:
-            raise ValueError(f"no {what} given for modality {name!r} (have {sorted(value)})")
-        return value[name]
-    if value is None:
-        raise ValueError(f"a span of {name!r} needs a {what}")
-    return value

@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from fusion_core.engine.inputs import as_image
+
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEMPLATES = ("a handwritten {w}", "the digit {d}", "a picture of the number {w}", "{w}",
              "an image of a {w}", "number {d}", "the number {w}, written by hand", "digit {w}")
@@ -174,6 +176,23 @@ def row_to_example(row: dict, cols, channels: int, size: int | None, where: str)
     ex = list(row["segments"]) if "segments" in cols else [row["text"], pil_to_tensor(row["image"], channels, where)]
     check_example(ex, where, channels, size)
     return ex
+
+
+def coerce_example(ex: Any, where: str) -> Any:
+    """A Python example as the recipe takes it: a list of segments, each a caption string or an
+    image as a tensor, a NumPy array or nested lists (:func:`fusion_core.engine.inputs.as_image`)."""
+    if not isinstance(ex, (list, tuple)):
+        return ex  # check_example names what it is
+    out = []
+    for j, seg in enumerate(ex):
+        if isinstance(seg, str) or (isinstance(seg, torch.Tensor) and seg.dtype.is_floating_point):
+            out.append(seg)
+            continue
+        try:
+            out.append(as_image(seg, f"{where}, segment {j}"))
+        except (TypeError, ValueError):
+            out.append(seg)  # check_example names what it is
+    return out
 
 
 def check_example(ex: Sequence[Any], where: str, channels: int | None = None, size: int | None = None) -> None:

@@ -76,7 +76,7 @@ def user_examples(c: MMConfig, data=None) -> tuple[list[list], list[list]]:
         if hasattr(data, "column_names"):
             raw = D.from_hf(data, d.channels, d.image_size, "the Dataset")
         else:
-            raw = [list(ex) if isinstance(ex, (list, tuple)) else ex for ex in data]
+            raw = [D.coerce_example(ex, f"example {i} (counting from 0)") for i, ex in enumerate(data)]
             for i, ex in enumerate(raw):
                 D.check_example(ex, f"example {i} (counting from 0)", d.channels, d.image_size)
     else:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_core.engine.inputs import as_records
 from fusion_core.validation import numeric_array
 
 from . import captions as C
@@ -150,22 +151,14 @@ def check_pair(caption, series, length: int, where: str) -> np.ndarray:
 
 
 def _rows_from(data) -> list[tuple]:
-    """(caption, series, where) triples from what Python handed over."""
-    if hasattr(data, "column_names") or hasattr(data, "columns"):  # datasets.Dataset / DataFrame
-        cols = list(getattr(data, "column_names", None) or data.columns)
-        if not {"caption", "series"} <= set(cols):
-            raise ValueError(f"need columns 'caption' and 'series', got {cols}")
-        return [(c, s, f"row {i}") for i, (c, s) in enumerate(zip(list(data["caption"]), list(data["series"])))]
-    if isinstance(data, dict):
-        if not {"caption", "series"} <= set(data):
-            raise ValueError(f"need keys 'caption' and 'series', got {sorted(data)}")
-        return [(c, s, f"pair {i}") for i, (c, s) in enumerate(zip(data["caption"], data["series"]))]
-    rows = []
-    for i, pair in enumerate(data):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ValueError(f"pair {i}: expected (caption, series), got {type(pair).__name__}")
-        rows.append((pair[0], pair[1], f"pair {i}"))
-    return rows
+    """(caption, series, where) triples from what Python handed over: a list of (caption, series)
+    tuples or of {"caption", "series"} dicts, a dict of columns, a DataFrame or a Dataset
+    (:func:`fusion_core.engine.inputs.as_records`, as every recipe)."""
+    try:
+        records = as_records(data, ("caption", "series"), "data")
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    return [(r["caption"], r["series"], f"pair {i}") for i, r in enumerate(records)]
 
 
 def read_pairs(path: str | Path) -> list[tuple]:

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from fusion_core.engine.data import load_hf
+from fusion_core.engine.inputs import as_array
 
 
 MISSING_POLICIES = ("error", "interpolate", "mask")
@@ -268,25 +269,31 @@ def from_increments(inc: np.ndarray, start: np.ndarray, kind: str) -> np.ndarray
 
 
 def to_series(data, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
-    """What a Python caller passes as data → :class:`Series`: a ``(T, F)`` or ``(T,)`` array, a
-    pandas DataFrame, a ``datasets.Dataset``, or a source string/path (:func:`load_series`).
+    """What a Python caller passes as data → :class:`Series` (through
+    :mod:`fusion_core.engine.inputs`, as every recipe): a ``(T, F)`` or ``(T,)`` array, tensor or
+    nested list of numbers, a pandas DataFrame, a ``datasets.Dataset``, or a source string/path
+    (:func:`load_series`).
 
     Raises:
         ValueError: another type, or an array of another rank.
     """
     if isinstance(data, (str, Path)):
         return load_series(str(data), time_column, columns)
-    if isinstance(data, np.ndarray):
-        arr = data[:, None] if data.ndim == 1 else data
-        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"a numeric (T, F) array expected, got shape {data.shape} of {data.dtype}")
-        names = list(columns) or [f"x{i}" for i in range(arr.shape[1])]
-        if len(names) != arr.shape[1]:
-            raise ValueError(f"data.columns names {len(names)} columns, the array has {arr.shape[1]}")
-        return Series(arr.astype(np.float64), names)
     if hasattr(data, "to_pandas"):  # datasets.Dataset
         data = data.to_pandas()
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # pandas.DataFrame
         return from_dataframe(data, time_column, columns)
-    raise ValueError(f"data must be a (T, F) array, a DataFrame, a datasets.Dataset or a path, "
+    if isinstance(data, (np.ndarray, list, tuple)) or hasattr(data, "detach"):
+        try:
+            arr = as_array(data, "data")
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        arr = arr[:, None] if arr.ndim == 1 else arr
+        if arr.ndim != 2:
+            raise ValueError(f"a numeric (T, F) array expected, got shape {arr.shape}")
+        names = list(columns) or [f"x{i}" for i in range(arr.shape[1])]
+        if len(names) != arr.shape[1]:
+            raise ValueError(f"data.columns names {len(names)} columns, the array has {arr.shape[1]}")
+        return Series(arr.astype(np.float64), names)
+    raise ValueError(f"data must be a (T, F) array or tensor, a DataFrame, a datasets.Dataset or a path, "
                      f"got {type(data).__name__}")
