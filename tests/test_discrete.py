@@ -139,9 +139,10 @@ def _kit(adapter_cls, raws=None):
 
 
 def test_the_kit_catches_adapters_that_mix_a_batch_and_says_what_it_saw():
-    with pytest.raises(AssertionError, match="embed mixes payloads: changing payload 1 changed the tokens"):
+    with pytest.raises(AssertionError, match=r"\[batch independence, eval mode\] embed: changing payload 1 changed the "
+                                             "tokens"):
         _kit(MixingAdapter).test_payloads_of_one_batch_never_mix()
-    with pytest.raises(AssertionError, match="head mixes payloads"):
+    with pytest.raises(AssertionError, match=r"\[batch independence, eval mode\] head: changing payload 1"):
         _kit(MixingHead).test_payloads_of_one_batch_never_mix()
 
 

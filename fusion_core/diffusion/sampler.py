@@ -85,14 +85,15 @@ class Sampler(ABC):
         Args:
             denoise: ``denoise(x_t, t) -> prediction`` in ``diffusion.prediction`` space.
             shape: ``(B, ...)`` of the samples, when ``x_T`` is not given.
-            generator: a ``torch.Generator`` for reproducible noise.
+            generator: a ``torch.Generator`` for reproducible noise, or a list of one per row
+                (each row's noise then depends on its generator alone, not on the batch).
             progress: show a tqdm bar.
             callback: called as ``callback(i, output)`` after each step.
         """
         if x_T is None:
             if shape is None:
                 raise ValueError("sample() needs shape or x_T")
-            x_T = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+            x_T = randn(tuple(shape), generator, device, dtype)
         self.reset()
         x = x_T
         for i in tqdm(range(len(self)), disable=not progress, desc=type(self).__name__, leave=False):
@@ -104,6 +105,17 @@ class Sampler(ABC):
         return x
 
 
+def randn(shape: tuple, generator, device=None, dtype=torch.float32) -> Tensor:
+    """Standard normal noise of ``shape`` ``(B, ...)``: from one generator, or row by row from a
+    list of ``B`` generators (each drawn on its own device, moved to ``device``)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} rows: give one per row")
+        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.stack(rows).to(device) if rows else torch.zeros(shape, device=device, dtype=dtype)
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
 def _noise_like(x: Tensor, generator) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    return randn(tuple(x.shape), generator, x.device, x.dtype)

@@ -106,11 +106,17 @@ def check_prompts(prompts: Any, what: str = "prompts") -> list:
     return list(prompts)
 
 
-def make_generator(generator: Any, seed: Any) -> torch.Generator:
-    """``generator`` when given (its state is used and advanced), else one seeded with ``seed``."""
+def make_generator(generator: Any, seed: Any, per_row: bool = False):
+    """``generator`` when given (its state is used and advanced), else one seeded with ``seed``.
+    With ``per_row``, a list of generators (one per row) is accepted too."""
+    if per_row and isinstance(generator, (list, tuple)):
+        if not all(isinstance(g, torch.Generator) for g in generator):
+            raise TypeError("generator must be a torch.Generator or a list of them (one per row)")
+        return list(generator)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            raise TypeError(f"generator must be a torch.Generator{' or a list of them, one per row' if per_row else ''}, "
+                            f"got {type(generator).__name__}")
         return generator
     return torch.Generator().manual_seed(check_int("seed", seed, low=0))
 

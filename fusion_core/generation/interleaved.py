@@ -39,8 +39,10 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
     Args:
         prompts: per row, a string, a list of Items, or a list of segments (see :func:`interleave`).
         sampler: the sampler of every continuous span, or one per modality.
-        shapes: per continuous modality, the payload shape of a span it draws; a begin marker
-            of a continuous modality not named here is written as an ordinary token.
+        shapes: per continuous modality, the payload shape of a span it draws, or a list of one
+            shape per row (spans of different lengths: a pen stroke of 12 points in one row,
+            of 20 in the next); a begin marker of a continuous modality not named here is
+            written as an ordinary token.
         writer: the discrete adapter that writes (default: the only one with markers).
         guidance: classifier-free guidance scale for continuous spans (the unconditional branch
             is the writer's ``drop_condition`` of the row's text); None = off.
@@ -51,7 +53,8 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
             the cap ends early and :attr:`Generated.stop` says ``"max_len"``.
         force: start every row with a span of this modality.
         seed, generator: the span noise and token sampling; ``generator`` (used and advanced)
-            wins over ``seed``.
+            wins over ``seed``. A list of one generator per row makes each row's draws depend on
+            its own generator only: a prompt generates the same alone or in any batch.
         progress: a progress bar over the tokens written.
 
     Returns:
@@ -67,7 +70,7 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
         return _generate(model, prompts, sampler, shapes, writer, check_guidance(guidance),
                          check_int("max_new_tokens", max_new_tokens, low=0), max_len,
                          check_finite_number("temperature", temperature, low=0), top_k, force,
-                         check_int("max_spans", max_spans, low=0), make_generator(generator, seed),
+                         check_int("max_spans", max_spans, low=0), make_generator(generator, seed, per_row=True),
                          check_progress(progress))
 
 
@@ -86,8 +89,16 @@ def _generate(model, prompts, sampler, shapes, writer, guidance, max_new_tokens,
         continuous_adapter(model, m, "generate (shapes)")
         if w.begin_marker(m) is None:
             raise ValueError(f"shapes names {m!r}, which writer {w.name!r} has no markers for")
-        shapes[m] = check_span_shape(model, m, shapes[m], f"shapes[{m!r}]")
+        per_row = isinstance(shapes[m], list) and shapes[m] and all(isinstance(x, (tuple, list)) for x in shapes[m])
+        if per_row:  # variable-length spans: the caller gives each row's shape
+            if len(shapes[m]) != len(items):
+                raise ValueError(f"shapes[{m!r}] gives {len(shapes[m])} shapes for {len(items)} prompts: one per row")
+            shapes[m] = [check_span_shape(model, m, x, f"shapes[{m!r}][{i}]") for i, x in enumerate(shapes[m])]
+        else:
+            shapes[m] = check_span_shape(model, m, shapes[m], f"shapes[{m!r}]")
     samplers = {m: bound_sampler(model, m, sampler) for m in shapes}
+    if isinstance(g, list) and len(g) != len(items):
+        raise ValueError(f"{len(g)} generators for {len(items)} prompts: give one per row (or one for all)")
     spans = {w.begin_marker(m): m for m in shapes}  # continuous modalities given a shape
     spans.update({w.begin_marker(m): m for m, a in model.adapters.items()  # discrete ones that can end
                   if m != w.name and a.kind == "discrete" and a.end_token is not None
@@ -124,31 +135,38 @@ def _generate(model, prompts, sampler, shapes, writer, guidance, max_new_tokens,
         waiting = sorted({m for b, m in enumerate(want) if m is not None and not done[b]})
         if waiting:  # diffusion mode, one modality at a time, for the rows that asked for it
             for m in waiting:
-                rows = torch.tensor([want[b] == m and not done[b] for b in range(B)])
-                want = [None if rows[b] else want[b] for b in range(B)]
-                need = _span_positions(model, m, shapes[m]) + 1  # the span and its end marker
-                if cache.length + need > cap:
-                    for b in torch.nonzero(rows).flatten().tolist():
-                        done[b], out[b].stop = True, "max_len"
-                    continue
-                cache.reserve(need)
-                ucache = None
-                if guidance is not None:
-                    uprompts = [_uncond([Item(w.name, torch.tensor(ids or [w.bos_id]))], w, m) for ids in row_ids]
-                    ucache, _ = model.prefill(uprompts, max_len=max(len(p[0].payload) for p in uprompts))
-                x = model.sample_span(cache, m, tuple(shapes[m]), samplers[m],
-                                      guidance_scale=guidance, generator=g, uncond_cache=ucache)
-                model.commit_span(x, cache, m, rows=rows)
-                a = model.adapter(m)
-                for b in torch.nonzero(rows).flatten().tolist():
-                    _flush(out[b], pieces[b], w.name, w)
-                    out[b].segments.append((m, a.decode(x[b].cpu())))
-                    spans_done[b] += 1
-                    row_ids[b] += [w.begin_marker(m), w.end_marker(m)]
-                nxt = torch.where(rows, torch.full((B,), w.end_marker(m)), torch.full((B,), w.eos_id))
-                after = model.token_step(nxt, cache, w.name, rows=rows)
-                for b in torch.nonzero(rows).flatten().tolist():  # others keep theirs
-                    logits[b] = after[b]
+                asking = [b for b in range(B) if want[b] == m and not done[b]]
+                want = [None if b in asking else want[b] for b in range(B)]
+                by_shape: dict[tuple, list[int]] = {}  # rows drawing a span of one shape draw together
+                for b in asking:
+                    by_shape.setdefault(shapes[m][b] if isinstance(shapes[m], list) else shapes[m], []).append(b)
+                for shape, group in by_shape.items():
+                    rows = torch.tensor([b in group for b in range(B)])
+                    need = _span_positions(model, m, shape) + 1  # the span and its end marker
+                    if cache.length + need > cap:
+                        for b in group:
+                            done[b], out[b].stop = True, "max_len"
+                        continue
+                    cache.reserve(need)
+                    ucache = None
+                    if guidance is not None:
+                        uprompts = [_uncond([Item(w.name, torch.tensor(ids or [w.bos_id]))], w, m) for ids in row_ids]
+                        ucache, _ = model.prefill(uprompts, max_len=max(len(p[0].payload) for p in uprompts))
+                    # with one generator per row, a row's noise comes from its own generator only
+                    gens = [g[b] if b in group else torch.Generator() for b in range(B)] if isinstance(g, list) else g
+                    x = model.sample_span(cache, m, shape, samplers[m], guidance_scale=guidance, generator=gens,
+                                          uncond_cache=ucache)
+                    model.commit_span(x, cache, m, rows=rows)
+                    a = model.adapter(m)
+                    for b in group:
+                        _flush(out[b], pieces[b], w.name, w)
+                        out[b].segments.append((m, a.decode(x[b].cpu())))
+                        spans_done[b] += 1
+                        row_ids[b] += [w.begin_marker(m), w.end_marker(m)]
+                    nxt = torch.where(rows, torch.full((B,), w.end_marker(m)), torch.full((B,), w.eos_id))
+                    after = model.token_step(nxt, cache, w.name, rows=rows)
+                    for b in group:  # others keep theirs
+                        logits[b] = after[b]
             continue
         if steps >= max_new_tokens or cache.length + 1 > cap:
             reason = "max_new_tokens" if steps >= max_new_tokens else "max_len"
@@ -156,14 +174,14 @@ def _generate(model, prompts, sampler, shapes, writer, guidance, max_new_tokens,
                 if not done[b]:
                     done[b], out[b].stop = True, reason
             break
-        cache.reserve(1)
         feeds: dict[tuple[str, str], dict[int, int]] = {}  # (embedded as, scored by) → row → token
         groups: dict[str, list[int]] = {}  # the rows of each mode as this step starts: a row that
         for b in range(B):  # leaves a span below is stepped once, not again under its new mode
             if not done[b]:
                 groups.setdefault(mode[b], []).append(b)
         for name, rows_m in groups.items():
-            picked = _pick(torch.stack([logits[b] for b in rows_m]), temperature, top_k, g).cpu()
+            row_g = [g[b] for b in rows_m] if isinstance(g, list) else g
+            picked = _pick(torch.stack([logits[b] for b in rows_m]), temperature, top_k, row_g).cpu()
             for b, t in zip(rows_m, picked.tolist()):
                 out[b].new_tokens += 1
                 feed = _advance(model, w, b, t, mode, pieces, row_ids, spans, spans_done, max_spans, want, out)
@@ -171,6 +189,7 @@ def _generate(model, prompts, sampler, shapes, writer, guidance, max_new_tokens,
                     done[b], out[b].stop = True, "eos"
                 else:
                     feeds.setdefault(feed[:2], {})[b] = feed[2]
+        cache.reserve(len(feeds))  # each kind below appends one position (padding for the other rows)
         for (embed_as, head), toks in feeds.items():  # one cached step per kind of input and head
             ids = torch.tensor([toks.get(b, 0) for b in range(B)])
             rows = torch.tensor([b in toks for b in range(B)])

@@ -143,9 +143,13 @@ def _span_positions(model: FusionModel, modality: str, shape: Sequence[int]) -> 
     return model.adapter(modality).num_positions(torch.zeros(tuple(shape)))
 
 
-def _pick(logits: Tensor, temperature: float, top_k: int | None, g: torch.Generator | None) -> Tensor:
+def _pick(logits: Tensor, temperature: float, top_k: int | None, g) -> Tensor:
+    """One token per row of ``logits`` ``(n, V)``: greedy, or sampled with ``g`` (a generator, or
+    one per row)."""
     if temperature <= 0:
         return logits.argmax(-1)
+    if isinstance(g, list):
+        return torch.cat([_pick(logits[i : i + 1], temperature, top_k, gi) for i, gi in enumerate(g)])
     logits = logits / temperature
     if top_k:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
