@@ -72,7 +72,8 @@ class Adapter(nn.Module, ABC):
             so a span of this modality can end itself (generation hands back to the writer at it).
         dim: backbone width D (set by ``__init__``).
 
-    Optional: ``check_shape`` (say which payload shapes the adapter takes, so generation refuses
+    Optional: ``describe`` and ``render`` (how reports show a decoded item: a line of text, a
+    picture on a matplotlib Axes), ``check_shape`` (say which payload shapes the adapter takes, so generation refuses
     a wrong one before sampling; without it the model dry-runs ``embed``), ``fp32_buffers``
     (buffers that stay float32 when the model is cast to half precision: scalers that map to user
     units), ``drop_condition`` (classifier-free-guidance dropout, for the writer), ``config`` (what
@@ -178,6 +179,16 @@ class Adapter(nn.Module, ABC):
         return out
 
     # -- optional ---------------------------------------------------------------------------
+    def describe(self, raw: Any) -> str | None:
+        """Optional: one line about a decoded item for reports ("a stroke of 12 points, 0.8
+        long"); ``None`` (the default) lets a report print the value's shape and range."""
+        return None
+
+    def render(self, raw: Any, ax) -> bool:
+        """Optional: draw a decoded item on a matplotlib ``Axes`` (reports save sample grids as
+        pictures); return True if something was drawn. The default draws nothing."""
+        return False
+
     def drop_condition(self, payload: Tensor) -> Tensor:
         """Discrete adapters: the payload of a segment with its conditioning content removed,
         for classifier-free-guidance dropout (default: keep only the last token, which is the

@@ -36,20 +36,48 @@ def flex_available() -> str | None:
 
 
 def xformers_available(device: torch.device) -> str | None:
-    """None if xformers can run on ``device``, else the reason it cannot."""
+    """None if xformers runs on ``device``, else the reason it cannot. Decided by running a tiny
+    attention op there (once per device, cached): an import that succeeds says nothing when the
+    compiled ops were built for another torch (xformers 0.0.35, built for torch 2.10, imports
+    under 2.11 and then fails in its dispatcher)."""
     if device.type != "cuda":
         return "xformers runs only on CUDA devices (got device %r)" % device.type
+    return _xformers_reason(str(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _xformers_reason(device: str) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import xformers
-            import xformers.ops  # noqa: F401
+            import xformers.ops as xops
     except Exception as e:
-        return f"xformers is not importable ({e}); install the `xformers` extra built for your torch"
-    built_for = _xformers_torch_version()
-    if built_for and built_for.split("+")[0] != torch.__version__.split("+")[0]:
-        return f"xformers was built for torch {built_for}, you have {torch.__version__}"
+        return f"xformers is not importable ({_first_line(e)}); install the `xformers` extra built for torch {torch.__version__}"
+    version = getattr(xformers, "__version__", "?")
+    built = _xformers_torch_version()
+    built_text = f"built for torch {built}" if built else "its build metadata does not say which torch it was built for"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _xformers_probe(xops, torch.device(device))
+    except Exception as e:  # noqa: BLE001 - any failure of the op is the reason
+        return (f"xformers {version} ({built_text}) cannot run attention on {device} with torch {torch.__version__}: "
+                f"{_first_line(e)}; install the xformers release built for your torch, or use attn_impl=flex or sdpa")
     return None
+
+
+def _xformers_probe(xops, device: torch.device) -> None:
+    """One tiny memory-efficient attention call: raises if xformers' kernels cannot run."""
+    q = torch.zeros(1, 8, 1, 8, device=device, dtype=torch.float16)
+    out = xops.memory_efficient_attention(q, q, q)
+    if tuple(out.shape) != (1, 8, 1, 8):
+        raise RuntimeError(f"memory_efficient_attention returned shape {tuple(out.shape)}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
 
 
 def _xformers_torch_version() -> str | None:

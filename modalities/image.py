@@ -233,6 +233,25 @@ class ImageAdapter(Adapter):
         x = x.clamp(-1, 1)
         return (x + 1) / 2 if self.value_range == "01" else x
 
+    def describe(self, raw: Any) -> str:
+        """``a 8x8 grey image, mean 0.31``."""
+        x = np.asarray(raw, dtype=np.float32)
+        if x.ndim != 3:
+            return f"an array of shape {x.shape}"
+        kind = "grey" if x.shape[0] == 1 else ("RGB" if x.shape[0] == 3 else f"{x.shape[0]}-channel")
+        return f"a {x.shape[1]}x{x.shape[2]} {kind} image, mean {x.mean():.2f}"
+
+    def render(self, raw: Any, ax) -> bool:
+        """Show a decoded ``(C, H, W)`` image (grey or RGB) on a matplotlib Axes."""
+        x = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+        if x.ndim != 3:
+            return False
+        lo, hi = (0.0, 1.0) if self.value_range == "01" else (-1.0, 1.0)
+        img = ((x - lo) / (hi - lo)).clamp(0, 1)
+        ax.imshow((img[0] if img.shape[0] == 1 else img[:3].permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+        return True
+
     def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
         if t is None:
             raise ValueError("image embed needs the diffusion step t (use zeros for clean images)")

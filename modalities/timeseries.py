@@ -146,6 +146,24 @@ class TimeSeriesAdapter(Adapter):
         extra = 1 if self.timestep == "token" else 0
         return payload.shape[0] // self.patch + extra
 
+    def describe(self, raw) -> str:
+        """``12 steps x 2 features; mean [15.1, 1000.4], range [[9.8, 20.3], [990.2, 1011.0]]``."""
+        x = np.asarray(raw, dtype=np.float64)
+        if x.ndim != 2:
+            return f"an array of shape {x.shape}"
+        fmt = lambda v: "[" + ", ".join(f"{a:.3g}" for a in v) + "]"  # noqa: E731
+        return (f"{x.shape[0]} steps x {x.shape[1]} features; mean {fmt(x.mean(0))}, min {fmt(x.min(0))}, "
+                f"max {fmt(x.max(0))}")
+
+    def render(self, raw, ax) -> bool:
+        """Each feature over time (one line each) on a matplotlib Axes."""
+        x = np.asarray(raw, dtype=np.float64)
+        if x.ndim != 2:
+            return False
+        ax.plot(x)
+        ax.set_xlabel("step")
+        return True
+
     def decode(self, payload: Tensor) -> Tensor:
         """Scaled payload ``(..., T, F)`` → user units."""
         return payload * self.scale.to(payload.device) + self.shift.to(payload.device)

@@ -113,3 +113,56 @@ def test_flex_with_grad_on_cpu_raises_instead_of_falling_back():
     q, k, v = (torch.randn(1, 1, 4, 8, requires_grad=True) for _ in range(3))
     with pytest.raises(BackendUnavailable, match="use attn_impl='sdpa'"):
         attend(q, k, v, AttentionMask.causal(), "flex")
+
+
+def _stub_xformers(monkeypatch, op, built="2.10.0+cu128"):
+    """A fake xformers whose attention op is ``op``: the availability logic without CUDA."""
+    import sys
+    import types
+
+    from fusion_core import attention
+
+    xf = types.ModuleType("xformers")
+    xf.__version__ = "0.0.35"
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = op
+    xf.ops = ops
+    monkeypatch.setitem(sys.modules, "xformers", xf)
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    monkeypatch.setattr(attention, "_xformers_torch_version", lambda: built)
+    attention._xformers_reason.cache_clear()
+    return attention
+
+
+def test_xformers_is_available_only_when_its_op_runs(monkeypatch):
+    """xformers 0.0.35 imports under torch 2.11 and then fails in its dispatcher: availability is
+    decided by running a tiny op, and the reason names the torch it was built for."""
+    def broken(q, k, v):
+        raise NotImplementedError("No operator found for `memory_efficient_attention_forward`\nlong details")
+
+    attention = _stub_xformers(monkeypatch, broken)
+    reason = attention._xformers_reason("cpu")  # the probe runs wherever the device says
+    assert "xformers 0.0.35 (built for torch 2.10.0+cu128) cannot run attention on cpu" in reason
+    assert "No operator found" in reason and "\n" not in reason
+    attention._xformers_reason.cache_clear()
+    _stub_xformers(monkeypatch, broken, built=None)
+    assert "its build metadata does not say which torch it was built for" in attention._xformers_reason("cpu")
+    attention._xformers_reason.cache_clear()
+    _stub_xformers(monkeypatch, lambda q, k, v: q)
+    assert attention._xformers_reason("cpu") is None
+    calls = []
+    attention._xformers_reason.cache_clear()
+    _stub_xformers(monkeypatch, lambda q, k, v: calls.append(1) or q)
+    attention._xformers_reason("cpu"), attention._xformers_reason("cpu")
+    assert calls == [1]  # decided once per device, then cached
+    attention._xformers_reason.cache_clear()
+
+
+def test_auto_never_picks_xformers_and_naming_it_says_why(monkeypatch):
+    attention = _stub_xformers(monkeypatch, lambda q, k, v: q)
+    cuda = torch.device("cuda", 0)
+    for kind in ("causal", "full", "mixed"):
+        assert resolve_backend("auto", cuda, kind, needs_grad=True) in ("sdpa", "flex")
+    monkeypatch.setattr(attention, "_xformers_reason", lambda device: "xformers 0.0.35 (built for torch 2.10) ...")
+    with pytest.raises(BackendUnavailable, match=r"built for torch 2\.10"):
+        resolve_backend("xformers", cuda, "mixed", needs_grad=False)

@@ -339,10 +339,28 @@ def user_errors() -> tuple[type[BaseException], ...]:
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: one line, like errors (the traceback-style location is for
+    Python callers)."""
+    return f"fusion: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``fusion`` command. A user error (:func:`user_errors`: a bad config value, a
     missing or unreadable file, unusable data, a busy run folder) is one line on stderr and exit
-    code 2, never a traceback; ``FUSION_DEBUG=1`` re-raises it."""
+    code 2, never a traceback; ``FUSION_DEBUG=1`` re-raises it. Warnings print as one line too
+    (for this command only)."""
+    import warnings
+
+    before = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = before
+
+
+def _main(argv: list[str] | None) -> int:
     p = parser()
     try:
         a, extra = p.parse_known_args(argv)

@@ -200,6 +200,12 @@ def trusting_remote_code(trust: bool = True):
         _TRUST_REMOTE_CODE.reset(token)
 
 
+def remote_code_trusted() -> bool:
+    """Whether this command may import adapter classes named by dotted path (``--trust-remote-code``,
+    or :func:`trusting_remote_code`); recipes that build models from a config ask it."""
+    return _TRUST_REMOTE_CODE.get()
+
+
 def load_model(run_dir: str | Path, c: Any = None, *, weights: str | None = None,
                trust_remote_code: bool | None = None, device=None) -> FusionModel:
     """A run's newest model (its ``model/`` export or newest good checkpoint), EMA weights when
@@ -335,7 +341,8 @@ def setup_logging(path: Path | None = None, level: int = logging.INFO) -> None:
         logger.addHandler(fh)
 
 
-__all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "trusting_remote_code", "machine_description",
+__all__ = ["Recipe", "TrainJob", "get_recipe", "load_model", "remote_code_trusted", "trusting_remote_code",
+           "machine_description",
            "parse_command",
            "prepare_run_dir", "read_train_time", "TrainTime", "registered_recipes", "setup_logging", "to_yaml",
            "write_train_time"]
