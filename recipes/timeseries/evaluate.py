@@ -25,7 +25,7 @@ from fusion_core.engine.recipe import machine_description, parse_command, setup_
 from fusion_core.engine.stats import mean_ci95
 
 from . import metrics, plots
-from .config import TSConfig, TSEvalArgs
+from .config import ALL_METRICS, TSConfig, TSEvalArgs
 from .data import sine
 from .report import NAMES, sine_fit_text, write_report
 from .sample import load_run
@@ -51,10 +51,19 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
         "lps": lambda s: metrics.predictive_score(r, f, "transformer", e.pred_iters, e.batch, s, dev),
         "fid": lambda s: metrics.context_fid(r, f, e.fid_iters, e.batch, seed=s, device=dev),
     }
+    seeds = [seed + k for k in range(e.repeats)]
+    batched = {  # the GRU metrics' repeats trained as one block model: the same nets, one run's launches
+        "disc": lambda: metrics.discriminative_scores_gru(r, f, seeds, e.disc_iters, e.batch, dev),
+        "pred": lambda: metrics.predictive_scores_gru(r, f, seeds, e.pred_iters, e.batch, dev),
+    }
     out, runs = {}, {}
-    jobs = [(name, k) for name in e.metrics if name in fns for k in range(e.repeats)]
+    jobs = [(name, None) for name in e.metrics if name in batched]
+    jobs += [(name, k) for name in e.metrics if name in fns and name not in batched for k in range(e.repeats)]
     for name, k in tqdm(jobs, desc="scoring", disable=not e.progress, leave=False):
-        runs.setdefault(name, []).append(fns[name](seed + k))
+        if k is None:
+            runs[name] = batched[name]()
+        else:
+            runs.setdefault(name, []).append(fns[name](seed + k))
     for name in e.metrics:
         if name == "corr":
             out[name] = (metrics.correlational_score(r, f), 0.0)
@@ -95,7 +104,11 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
                                 "series (config values as key=value, e.g. eval.metrics=[disc,lds] eval.repeats=1)")
     p.add_argument("--tag", default="", help="name this evaluation's files eval-TAG.json, report-TAG.md, "
                    "eval_samples-TAG.npy, overlay-TAG.png, ... (side-by-side evaluations keep theirs)")
+    p.add_argument("--full", action="store_true", help="every metric (" + ", ".join(ALL_METRICS) + "), whatever "
+                   "eval.metrics says: the long-sequence transformer scores and Context-FID take minutes each on a CPU")
     a, overrides = parse_command(p, argv)
+    if a.full:
+        overrides = [*overrides, f"eval.metrics=[{','.join(ALL_METRICS)}]"]
     run_dir = Path(run_dir)
     setup_logging(run_dir / "train.log")
     c, model, splits = load_run(run_dir, overrides)

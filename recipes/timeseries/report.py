@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fusion_core.engine.recipe import read_train_time
+from fusion_core.storage import atomic_write_text
 
 from . import metrics
-from .config import TSConfig
+from .config import ALL_METRICS, TSConfig
 
 NAMES = {"disc": "discriminative (GRU)", "pred": "predictive MAE (GRU)", "lds": "LDS (transformer)",
          "lps": "LPS (causal transformer)", "corr": "correlational", "fid": "context-FID (GRU embedding)",
@@ -40,6 +41,11 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
              f"with {result['sampler']} ({result['steps']} steps) {result['sample_seconds']:.1f} s.", "",
              f"Scores on {result['n_real']} held-out real windows vs {result['n_fake']} generated "
              f"(mean ± 95% interval over {c.eval.repeats} runs where repeated; lower is better):", ""]
+    ran = [k for k in result["scores"]]
+    skipped = [k for k in ALL_METRICS if k not in ran]
+    lines[-1:-1] = [f"Metric set: {', '.join(ran)}" + (f" (not run: {', '.join(skipped)} — the full set is "
+                                                        f"`fusion evaluate {run_dir} --full`)" if skipped else
+                                                        " (the full set)") + f"; scoring {result.get('score_seconds', 0):.0f} s.", ""]
     ref = result.get("reference")
     lines += (["| metric | generated | real training windows (reference) |", "| --- | --- | --- |"] if ref
               else ["| metric | value |", "| --- | --- |"])
@@ -60,5 +66,5 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
             lines.append(f"| {NAMES[k]} | {result['scores'][k]['mean']:.4f} | {v['mean']:.4f} |")
     lines += ["", *[f"![{p.stem}]({p.name})" for p in pics], ""]
     out = run_dir / name
-    out.write_text("\n".join(lines))
+    atomic_write_text(out, "\n".join(lines))
     return out
