@@ -59,9 +59,14 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
     out, runs = {}, {}
     jobs = [(name, None) for name in e.metrics if name in batched]
     jobs += [(name, k) for name in e.metrics if name in fns and name not in batched for k in range(e.repeats)]
+    threads = torch.get_num_threads()
     for name, k in tqdm(jobs, desc="scoring", disable=not e.progress, leave=False):
-        if k is None:
-            runs[name] = batched[name]()
+        if k is None:  # tiny GRUs: one thread is faster than two on a CPU (bench/scoring.py)
+            torch.set_num_threads(1 if dev == "cpu" else threads)
+            try:
+                runs[name] = batched[name]()
+            finally:
+                torch.set_num_threads(threads)
         else:
             runs.setdefault(name, []).append(fns[name](seed + k))
     for name in e.metrics:
