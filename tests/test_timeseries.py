@@ -378,3 +378,37 @@ def test_batched_gru_metrics_are_the_per_seed_metrics():
     assert np.allclose(metrics.discriminative_scores_gru(real, fake, [3, 4], 60, 32), single, atol=1e-6)
     single = [metrics.predictive_score(real, fake, "gru", 60, 32, s) for s in (3, 4)]
     assert np.allclose(metrics.predictive_scores_gru(real, fake, [3, 4], 60, 32), single, rtol=1e-4)
+
+
+TINY = ["train.steps=2", "train.batch_size=8", "train.ckpt_every=2", "model.dim=32", "model.n_layers=1",
+        "model.ffn_dim=64", "sample.steps=2", "eval.n=40", "eval.repeats=1", "eval.disc_iters=5", "eval.pred_iters=5",
+        "eval.tsne=false", "train.progress=false", "eval.progress=false"]
+
+
+def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, capsys):
+    """#27: the Stocks file ships with its source and licence; the benchmark presets are listed and
+    run with the papers' protocol (scores against the training windows)."""
+    from fusion_core.recipes.timeseries.data import load_series
+
+    s = load_series("builtin:stocks")
+    assert s.values.shape == (3685, 6) and s.columns[0] == "Open"
+    assert s.values[0, 0] < 60 < 1000 < s.values[-1, 0]  # 2004 first: time runs forward
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{d}{L}" in out for d in ("stocks", "energy") for L in (24, 100, 384))
+    assert main(["run", "timeseries", "--preset", "stocks24", *TINY, f"run_dir={tmp_path / 's'}"]) == 0
+    result = json.loads((tmp_path / "s" / "eval.json").read_text())
+    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd"}
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "not run: lds, lps, fid" in report and "--full" in report
+
+
+def test_the_energy_presets_read_a_path_and_say_where_to_get_the_file(tmp_path, capsys):
+    assert main(["run", "timeseries", "--preset", "energy24", f"run_dir={tmp_path / 'e'}"]) == 2
+    err = capsys.readouterr().err
+    assert "The Energy benchmark" in err and "jsyoon0823/TimeGAN" in err and not (tmp_path / "e").exists()
+    standin = tmp_path / "energy_standin.csv"  # 28 numeric columns, as the real file (no date column)
+    values = np.random.default_rng(0).normal(size=(400, 28)).cumsum(0)
+    pd.DataFrame(values, columns=[f"c{i}" for i in range(28)]).to_csv(standin, index=False)
+    assert main(["run", "timeseries", "--preset", "energy24", *TINY, f"data.source={standin}",
+                 f"run_dir={tmp_path / 'e'}"]) == 0

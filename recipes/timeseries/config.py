@@ -101,12 +101,17 @@ class TSEvalArgs:
     # also score training windows against the held-out ones: what a generator that reproduced the
     # training period exactly would get (the distribution-shift floor of a chronological split)
     reference: bool = False
+    # which real windows the generated ones are scored against: "heldout" (the test split, never
+    # trained on: leak-free, the default) or "train" (the training windows themselves — the
+    # protocol of TimeGAN, TransFusion and Diffusion-TS, whose published tables use all windows)
+    against: str = "heldout"
     long_factor: int = 0  # > 1: also score windows cut from series this many windows long
     seed: int = 0  # seeds the generated windows and the metric classifiers
     progress: bool = True  # progress bars for sampling and scoring
 
     def __post_init__(self):
         check_at_least(self, 1, "n", "repeats", "disc_iters", "pred_iters", "fid_iters", "batch")
+        check_choice("eval.against", self.against, ("heldout", "train"))
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
         if unknown:
             raise ValueError(f"eval.metrics: unknown {unknown}; known: {list(ALL_METRICS)}")

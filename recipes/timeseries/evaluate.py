@@ -85,17 +85,22 @@ def held_out(c: TSConfig, splits: Splits, n: int, seed: int = 0, long_factor: in
     Sine data is a generator: a fresh draw of ``n`` windows (a new seed), in its own [0, 1]
     range; with ``long_factor`` > 1, windows cut from series that many windows long (TimeGAN's
     sine is not stationary: a window cut from the middle of a sine is not a window from the
-    start). Loaded data: the test split (validation if the test split is empty), scaled by the
-    training data's range (its windows already start anywhere in the series).
+    start). Loaded data: the test split (validation if the test split is empty), or with
+    ``eval.against=train`` the training windows (the papers' protocol), scaled by the training
+    data's range (its windows already start anywhere in the series).
     """
     if c.data.source == "sine":
         L, F, k = c.data.length, c.data.sine_features, long_factor
         real = sine(-(-n // k), k * L, F, seed=c.train.seed + 1_000_003 + seed,
                     phase=c.data.sine_phase).reshape(-1, L, F)[:n]
         return real, (np.zeros(F), np.ones(F))
-    real = splits.test if len(splits.test) >= 8 else splits.validation
+    if c.eval.against == "train":  # the published protocol: score against the training windows
+        real = splits.train
+    else:
+        real = splits.test if len(splits.test) >= 8 else splits.validation
     if len(real) < 8:
-        raise ValueError("fewer than 8 held-out windows to compare against: enlarge the test split")
+        raise ValueError("fewer than 8 held-out windows to compare against: enlarge the test split "
+                         "(or score against the training windows, eval.against=train, as the papers do)")
     real = real[np.random.default_rng(seed).permutation(len(real))[:n]]
     return real, (np.nanmin(splits.fit_data, 0), np.nanmax(splits.fit_data, 0))
 
