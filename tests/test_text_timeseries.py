@@ -192,7 +192,7 @@ def test_bad_pairs_fail_with_a_message_that_names_them(recipe, tmp_path, capsys)
              ([("ok", good[:-1] + [float("nan")])], "pair 0: series contains NaN"),
              ([("ok", good), ("ok", good[:20])], "pair 1: series has 20 steps, expected 32"),
              ([("ok", [[1, 2]] * 16 + [[1]] * 16)], "pair 0: series must be"),
-             ([("only a caption",)], "data\[0\]: expected a dict with .* or a tuple of 2 values \\(caption, series\\)"),
+             ([("only a caption",)], "data\\[0\\]: expected a dict with .* or a tuple of 2 values \\(caption, series\\)"),
              ([("é" * 200, good)], "more than data.max_len=192")]
     for data, message in cases:
         with pytest.raises(ValueError, match=message):
