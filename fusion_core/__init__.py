@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 from .adapter import Adapter, Embedded
 from .attention import BACKENDS, BackendUnavailable, attend, resolve_backend
-from .diffusion import (DDIMSampler, DDPMSampler, DPMSolverSampler, GaussianDiffusion, Sampler,
+from .diffusion import (DDIMSampler, DDPMSampler, DPMSolverSampler, GaussianDiffusion, Guidance, Sampler,
                         classifier_free_guidance, make_sampler)
 from .generation import (Generated, SampleArgs, caption, forecast, generate, generate_span, impute,
                          interleave, sample, sample_long)
@@ -31,7 +31,7 @@ from .engine import OptimArgs, Recipe, TrainArgs, Trainer, TrainJob, get_recipe,
 
 __all__ = [
     "Adapter", "AttentionMask", "BACKENDS", "BackendUnavailable", "Batch", "DDIMSampler", "DDPMSampler",
-    "DPMSolverSampler", "Embedded", "FusionModel", "GaussianDiffusion", "Generated", "Item", "KVCache",
+    "DPMSolverSampler", "Embedded", "FusionModel", "GaussianDiffusion", "Generated", "Guidance", "Item", "KVCache",
     "LossOutput", "ModalitySpec", "OptimArgs", "Placement", "Recipe", "SampleArgs", "Sampler", "Segment",
     "SequenceLayout", "TrainArgs", "TrainJob", "Trainer", "Transformer", "TransformerArgs", "attend",
     "attention_rule", "build_adapter", "build_layout", "caption", "classifier_free_guidance", "forecast",

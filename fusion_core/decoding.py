@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .adapter import Adapter, Embedded
 from .batch import Item
-from .diffusion import Sampler, batched_pair, classifier_free_guidance
+from .diffusion import Guidance, Sampler, batched_pair, classifier_free_guidance
 from .layout import Segment, SequenceLayout, build_layout
 from .transformer import KVCache
 
@@ -119,11 +119,11 @@ class CachedDecoding:
 
     @torch.no_grad()
     def sample_span(self, cache: KVCache, modality: str, shape: Sequence[int], sampler: Sampler,
-                    guidance_scale: float | None = None, generator=None, progress: bool = False,
+                    guidance_scale: float | Guidance | None = None, generator=None, progress: bool = False,
                     uncond_cache: KVCache | None = None) -> Tensor:
         """Denoise a new span against the cached prefix (the prefix is computed once).
 
-        With ``guidance_scale``, either ``uncond_cache`` holds the unconditional prefix of each
+        With ``guidance_scale`` (a scale or a :class:`~fusion_core.diffusion.Guidance`), either ``uncond_cache`` holds the unconditional prefix of each
         of the ``B`` rows (two passes per step), or ``cache`` holds ``2B`` rows — the first ``B``
         with the condition, the last ``B`` without — evaluated in one batched pass.
 
@@ -140,13 +140,13 @@ class CachedDecoding:
             B = rows
             denoise = classifier_free_guidance(
                 lambda x, t: (self.denoise_step(x, t, cache, modality),
-                              self.denoise_step(x, t, uncond_cache, modality)), guidance_scale)
+                              self.denoise_step(x, t, uncond_cache, modality)), guidance_scale, sampler.diffusion)
         else:
             if rows % 2:
                 raise ValueError(f"guidance needs a cache of 2B rows (cond then uncond), got {rows}")
             B = rows // 2
             both = lambda x, t: self.denoise_step(x, t, cache, modality)  # noqa: E731
-            denoise = classifier_free_guidance(batched_pair(both), guidance_scale)
+            denoise = classifier_free_guidance(batched_pair(both), guidance_scale, sampler.diffusion)
         return sampler.sample(denoise, (B, *shape), generator=generator, device=self.device,
                               progress=progress)
 

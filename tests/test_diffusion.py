@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fusion_core.diffusion import (
-    DDIMSampler, DDPMSampler, DPMSolverSampler, GaussianDiffusion, batched_pair,
+    DDIMSampler, DDPMSampler, DPMSolverSampler, GaussianDiffusion, Guidance, batched_pair,
     classifier_free_guidance, make_sampler, make_schedule, respace,
 )
 
@@ -225,3 +225,60 @@ def test_classifier_free_guidance_is_linear_extrapolation():
 
     torch.testing.assert_close(classifier_free_guidance(batched_pair(both), 3.0)(x, t), 3 * (x + 1))
     assert calls == [6]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_guidance_interval_guides_inside_and_uses_the_conditional_outside(prediction):
+    diff = GaussianDiffusion(T=100, prediction=prediction)
+    cond = lambda x, t: x + 1  # noqa: E731
+    uncond = lambda x, t: x * 0  # noqa: E731
+    pair = lambda x, t: (cond(x, t), uncond(x, t))  # noqa: E731
+    x = torch.randn(4, 3)
+    t = torch.tensor([0, 20, 50, 99])  # t / T = 0, 0.2, 0.5, 0.99
+    out = classifier_free_guidance(pair, Guidance(3.0, interval=(0.2, 0.5)), diff)(x, t)
+    torch.testing.assert_close(out[1:3], 3 * (x[1:3] + 1))  # inside: guided
+    torch.testing.assert_close(out[[0, 3]], x[[0, 3]] + 1)  # outside: the conditional prediction
+    # the default interval is every step: the plain scale, bit for bit
+    assert torch.equal(classifier_free_guidance(pair, Guidance(3.0), diff)(x, t),
+                       classifier_free_guidance(pair, 3.0)(x, t))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_guidance_rescale_matches_the_conditional_spread_in_x0(prediction):
+    """rescale=1: the guided x0 prediction has, per row, the conditional x0's standard deviation
+    and the plain guided x0's direction (Lin et al. 2024, eq. 15-16); rescale=0 is plain CFG."""
+    diff = GaussianDiffusion(T=100, prediction=prediction)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 16, generator=g, dtype=torch.float64)
+    t = torch.full((5,), 40)
+    c_pred, u_pred = torch.randn(5, 16, generator=g, dtype=torch.float64), torch.randn(5, 16, generator=g,
+                                                                                     dtype=torch.float64)
+    pair = lambda x, t: (c_pred, u_pred)  # noqa: E731
+    x0 = lambda p: diff.to_x0_eps(x, t, p)[0]  # noqa: E731
+    plain = classifier_free_guidance(pair, 4.0)(x, t)
+    full = classifier_free_guidance(pair, Guidance(4.0, rescale=1.0), diff)(x, t)
+    torch.testing.assert_close(x0(full).std(1), x0(c_pred).std(1))
+    ref = x0(plain) * x0(c_pred).std(1, keepdim=True) / x0(plain).std(1, keepdim=True)  # closed form
+    torch.testing.assert_close(x0(full), ref)
+    half = classifier_free_guidance(pair, Guidance(4.0, rescale=0.5), diff)(x, t)
+    torch.testing.assert_close(x0(half), 0.5 * ref + 0.5 * x0(plain))
+    torch.testing.assert_close(classifier_free_guidance(pair, Guidance(4.0, rescale=0.0), diff)(x, t), plain)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scale=-1), "guidance scale must be a finite number >= 0"),
+    (dict(scale=2, interval=(0.5, 0.2)), "0 <= lo <= hi <= 1"),
+    (dict(scale=2, interval=(0.0, 1.5)), "0 <= lo <= hi <= 1"),
+    (dict(scale=2, interval=0.5), "two numbers"),
+    (dict(scale=2, rescale=1.5), "guidance rescale must be a finite number >= 0 and <= 1"),
+])
+def test_guidance_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Guidance(**kwargs)
+
+
+def test_guidance_interval_or_rescale_needs_the_process():
+    with pytest.raises(ValueError, match="needs the diffusion process"):
+        classifier_free_guidance(lambda x, t: (x, x), Guidance(2.0, rescale=0.5))
+    with pytest.raises(TypeError, match="guidance must be a number"):
+        Guidance.of("3")

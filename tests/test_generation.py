@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusion_core import (FusionModel, GaussianDiffusion, TransformerArgs, caption, forecast, generate,
-                         generate_span, impute, interleave, make_sampler, sample)
+from fusion_core import (FusionModel, GaussianDiffusion, Guidance, SampleArgs, TransformerArgs, caption, forecast,
+                         generate, generate_span, impute, interleave, make_sampler, sample)
 from fusion_core.modalities.image import ImageAdapter
 from fusion_core.modalities.text import TextAdapter
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
@@ -98,6 +98,26 @@ def test_guided_spans_agree_between_interleaved_and_direct_generation(model):
         torch.testing.assert_close(g.spans("picture")[0], d, atol=1e-5, rtol=1e-5)
     unguided = generate_span(model, ["a two", "a three"], "picture", (1, 8, 8), sampler)
     assert not torch.allclose(unguided, direct)
+
+
+def test_guidance_settings_reach_the_sampler(model):
+    """A Guidance whose interval holds no visited step is the conditional model alone (scale 1);
+    one over every step is the plain scale; SampleArgs builds the same Guidance from config."""
+    sampler = _sampler(model, steps=4)
+    prompts = ["a two", "a three"]
+    cond_only = generate_span(model, prompts, "picture", (1, 8, 8), sampler, guidance=1.0)
+    never = generate_span(model, prompts, "picture", (1, 8, 8), sampler, guidance=Guidance(5.0, interval=(1.0, 1.0)))
+    torch.testing.assert_close(never, cond_only)
+    plain = generate_span(model, prompts, "picture", (1, 8, 8), sampler, guidance=3.0)
+    every = generate_span(model, prompts, "picture", (1, 8, 8), sampler, guidance=Guidance(3.0, interval=(0, 1)))
+    assert torch.equal(plain, every)
+    rescaled = generate_span(model, prompts, "picture", (1, 8, 8), sampler, guidance=Guidance(3.0, rescale=0.7))
+    assert not torch.allclose(rescaled, plain)
+    args = SampleArgs(steps=4, guidance=3.0, guidance_interval=[0.2, 0.8], guidance_rescale=0.7)
+    assert args.guidance_args == Guidance(3.0, (0.2, 0.8), 0.7)
+    assert SampleArgs(guidance=0.0, guidance_rescale=0.7).guidance_args is None
+    with pytest.raises(ValueError, match="guidance interval"):
+        SampleArgs(guidance=3.0, guidance_interval=[0.9, 0.1])
 
 
 def test_captions_and_spans_after_prompts(model):

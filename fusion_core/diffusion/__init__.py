@@ -7,7 +7,7 @@ from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
 from .dpm_solver import DPMSolverSampler
 from .gaussian import PREDICTIONS, WEIGHTINGS, Denoiser, GaussianDiffusion
-from .guidance import batched_pair, classifier_free_guidance
+from .guidance import Guidance, batched_pair, classifier_free_guidance
 from .respacing import respace
 from .sampler import Sampler, StepOutput
 from .schedules import SCHEDULES, make_schedule
@@ -27,7 +27,7 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, steps: int | None = No
 
 
 __all__ = [
-    "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Denoiser", "GaussianDiffusion",
+    "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Denoiser", "GaussianDiffusion", "Guidance",
     "PREDICTIONS", "SAMPLERS", "SCHEDULES", "Sampler", "StepOutput", "WEIGHTINGS",
     "batched_pair", "classifier_free_guidance", "make_sampler", "make_schedule", "respace",
 ]

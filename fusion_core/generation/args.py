@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..diffusion import SAMPLERS, Sampler, make_sampler
+from ..diffusion import SAMPLERS, Guidance, Sampler, make_sampler
 from ..validation import check_finite_number, check_int
 
 
@@ -19,6 +19,9 @@ class SampleArgs:
         steps: model evaluations per span, 1 to the process's T (T for full ancestral sampling).
         clip_x0: clamp each predicted x0 to ``[-clip_x0, clip_x0]``; 0 = off.
         guidance: classifier-free guidance scale for conditioned spans; 0 = off.
+        guidance_interval: ``[lo, hi]`` fractions of T where guidance applies (elsewhere the
+            conditional prediction); ``[0, 1]`` = every step (:class:`~fusion_core.diffusion.Guidance`).
+        guidance_rescale: ``0..1``: match the guided x0's spread to the conditional one's.
         use_ema: sample with the EMA weights when the model has them.
         temperature: text sampling temperature; 0 = greedy.
         top_k: sample text among the k likeliest tokens; 0 = all.
@@ -33,6 +36,8 @@ class SampleArgs:
     steps: int = 50
     clip_x0: float = 1.0
     guidance: float = 0.0
+    guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])
+    guidance_rescale: float = 0.0
     use_ema: bool = True
     temperature: float = 0.0
     top_k: int = 0
@@ -52,6 +57,7 @@ class SampleArgs:
             check_int(f"sample.{key}", getattr(self, key), low=low)
         for key in ("clip_x0", "guidance", "temperature"):
             check_finite_number(f"sample.{key}", getattr(self, key), low=0)
+        self.guidance_args  # checks the interval and the rescale
         if self.resample > 1 and SAMPLERS[self.cond_sampler].multistep:
             raise ValueError(f"resample={self.resample} needs a one-step cond_sampler (ddpm or ddim), "
                              f"got {self.cond_sampler!r}")
@@ -71,8 +77,10 @@ class SampleArgs:
                             clip_x0=self.clip_x0 or None)
 
     @property
-    def guidance_scale(self) -> float | None:
-        return self.guidance or None
+    def guidance_args(self) -> Guidance | None:
+        """What the generation functions' ``guidance=`` takes: ``None`` when ``guidance`` is 0."""
+        g = Guidance(self.guidance or 1.0, tuple(self.guidance_interval), self.guidance_rescale)
+        return g if self.guidance else None
 
 
 def _steps(key: str, steps: int, diffusion) -> int | None:

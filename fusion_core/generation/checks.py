@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..adapter import Adapter
-from ..diffusion import Sampler
+from ..diffusion import Guidance, Sampler
 from ..model import FusionModel
 from ..validation import check_finite_number, check_int
 
@@ -89,11 +89,9 @@ def bound_sampler(model: FusionModel, modality: str, sampler: Any, what: str = "
     return sampler
 
 
-def check_guidance(guidance: Any) -> float | None:
-    """``None`` (off) or a finite scale ``>= 0``."""
-    if guidance is None:
-        return None
-    return check_finite_number("guidance", guidance, low=0)
+def check_guidance(guidance: Any) -> Guidance | None:
+    """``None`` (off), a finite scale ``>= 0`` or a :class:`~fusion_core.diffusion.Guidance`."""
+    return Guidance.of(guidance)
 
 
 def check_prompts(prompts: Any, what: str = "prompts") -> list:

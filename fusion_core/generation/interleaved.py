@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..adapter import Adapter
-from ..diffusion import Sampler
+from ..diffusion import Guidance, Sampler
 from ..model import FusionModel, Item
 from ..validation import check_finite_number, check_int
 from .args import Generated
@@ -26,7 +26,7 @@ from .spans import _decode
 @torch.no_grad()
 def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | Mapping[str, Sampler] | None = None,
              shapes: Mapping[str, Sequence[int]] | None = None, *, writer: str | None = None,
-             guidance: float | None = None, max_new_tokens: int = 64, max_len: int | None = None,
+             guidance: float | Guidance | None = None, max_new_tokens: int = 64, max_len: int | None = None,
              temperature: float = 0.0, top_k: int | None = None, force: str | None = None,
              max_spans: int = 1, seed: int = 0, generator: torch.Generator | None = None,
              progress: bool = False) -> list[Generated]:
@@ -44,8 +44,9 @@ def generate(model: FusionModel, prompts: Sequence[Prompt], sampler: Sampler | M
             of 20 in the next); a begin marker of a continuous modality not named here is
             written as an ordinary token.
         writer: the discrete adapter that writes (default: the only one with markers).
-        guidance: classifier-free guidance scale for continuous spans (the unconditional branch
-            is the writer's ``drop_condition`` of the row's text); None = off.
+        guidance: classifier-free guidance for continuous spans (the unconditional branch is the
+            writer's ``drop_condition`` of the row's text): a scale, a
+            :class:`~fusion_core.diffusion.Guidance` (scale, interval, rescale) or None = off.
         max_new_tokens: tokens each row may write, in any discrete modality (continuous spans
             do not count).
         max_len: a cap on each row's positions (prompt, text and spans); default none: the KV
@@ -242,7 +243,8 @@ def _flush(gen: Generated, ids: list[int], name: str, adapter: Adapter) -> None:
 
 @torch.no_grad()
 def generate_span(model: FusionModel, prompts: Sequence[Prompt], modality: str, shape: Sequence[int],
-                  sampler: Sampler | Mapping[str, Sampler] | Any, guidance: float | None = None, seed: int = 0,
+                  sampler: Sampler | Mapping[str, Sampler] | Any, guidance: float | Guidance | None = None,
+                  seed: int = 0,
                   writer: str | None = None, decode: bool = True, *, generator: torch.Generator | None = None,
                   progress: bool = False) -> Tensor:
     """A span of ``modality`` after each prompt (text → image, text → series): the begin marker

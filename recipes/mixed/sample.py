@@ -69,7 +69,7 @@ def continue_prompts(model, c, run_dir: Path, prompts: list, shapes: dict | None
     bos = [Item(w.name, torch.tensor([w.bos_id]))]  # an empty prompt: the model starts from <bos>
     rows = [p if p != "" else bos for p in prompts for _ in range(s.n)]
     gens = [torch.Generator().manual_seed(s.seed * 1_000_003 + i) for i in range(len(rows))]
-    return gen.generate(model, rows, s, shapes, writer=c.model.writer, guidance=s.guidance_scale,
+    return gen.generate(model, rows, s, shapes, writer=c.model.writer, guidance=s.guidance_args,
                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k or None,
                         force=force, generator=gens, progress=True), rows
 

@@ -123,7 +123,7 @@ def evaluate_digits(c: MMConfig, model: FusionModel, run_dir: Path) -> dict:
     labels = [d for d in range(10) for _ in range(e.per_digit)]
     prompts = [D.caption(d, rng) for d in labels]
     imgs = torch.cat([gen.generate_span(model, prompts[i : i + 100], "image", image_shape(c), sampler,
-                                        e.sample.guidance_scale, seed=e.seed + i)
+                                        e.sample.guidance_args, seed=e.seed + i)
                       for i in range(0, len(prompts), 100)])
     with torch.no_grad():
         pred = clf(imgs).argmax(1)
@@ -155,7 +155,7 @@ def evaluate_user_data(c: MMConfig, model: FusionModel, run_dir: Path) -> dict:
     if pairs:
         e = c.eval
         fake = gen.generate_span(model, [p[0] for p in pairs], "image", image_shape(c),
-                                 e.sample.make(model.diffusion["image"]), e.sample.guidance_scale, seed=e.seed)
+                                 e.sample.make(model.diffusion["image"]), e.sample.guidance_args, seed=e.seed)
         real = torch.stack([p[1] for p in pairs])
         cols = min(10, len(pairs))
         rows = [torch.cat([real[i : i + cols], fake[i : i + cols]]) for i in range(0, len(pairs), cols)]

@@ -68,10 +68,10 @@ def sample(run_dir: Path, argv: list[str]) -> list:
                              "the longest row the model was trained on)")
     sampler = s.make(model.diffusion["image"])
     if a.image_first and s.guidance:  # text → image, conditional and unconditional in one pass
-        imgs = gen.generate_span(model, a.prompt, "image", shape, sampler, s.guidance_scale, seed=s.seed)
+        imgs = gen.generate_span(model, a.prompt, "image", shape, sampler, s.guidance_args, seed=s.seed)
         gens = [gen.Generated([("image", im)], "eos") for im in imgs]
     else:
-        gens = gen.generate(model, a.prompt, sampler, {"image": shape}, guidance=s.guidance_scale,
+        gens = gen.generate(model, a.prompt, sampler, {"image": shape}, guidance=s.guidance_args,
                             max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k or None,
                             force="image" if a.image_first else None, seed=s.seed)
     k = 0

@@ -103,17 +103,20 @@ class TTSEvalArgs:
     sample: SampleArgs = field(default_factory=lambda: SampleArgs(sampler="dpm_solver", steps=25, guidance=3.0,
                                                                    max_new_tokens=160, clip_x0=CLIP))
     history: int = 40  # forecasting: steps given; the rest is forecast
-    forecasts: int = 200  # test windows to forecast (with and without their caption)
+    forecasts: int = 200  # test windows to forecast (with and without their caption); 0 = none
     disc_iters: int = 1000  # discriminative score classifier steps
+    fidelity: bool = True  # fidelity measures and per-group discriminative scores (fidelity.py)
     grid: int = 8  # captions in the report's grid (3 generated series each beside the real one)
     after_train: bool = True
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
-        for key in ("n", "history", "forecasts", "disc_iters", "grid"):
+        for key in ("n", "history", "disc_iters", "grid"):
             if getattr(self, key) < 1:
                 raise ValueError(f"eval.{key} must be >= 1, got {getattr(self, key)}")
+        if self.forecasts < 0:
+            raise ValueError(f"eval.forecasts must be >= 0 (0: no forecasting), got {self.forecasts}")
 
 
 @dataclass

@@ -32,11 +32,12 @@ from fusion_core.model import FusionModel
 from fusion_core.engine.recipe import machine_description, parse_command, setup_logging
 
 from ..timeseries.metrics import discriminative_score
+from . import fidelity as FI
 from . import properties as P
 from .captions import parse
 from .config import TTSConfig
 from .data import Pairs
-from .report import forecast_plot, series_grid, write_report
+from .report import fidelity_plot, forecast_plot, series_grid, write_report
 from .sample import load_run
 from .train import MODALITY, test_pairs
 
@@ -51,7 +52,7 @@ def text_to_series(model: FusionModel, c: TTSConfig, captions: list[str], shape,
     out = []
     for i in tqdm(range(0, len(captions), s.chunk), disable=not c.eval.progress, desc="text → series", leave=False):
         out.append(gen.generate_span(model, captions[i : i + s.chunk], MODALITY, shape, sampler,
-                                     s.guidance_scale, seed=seed + i).numpy())
+                                     s.guidance_args, seed=seed + i).numpy())
     return np.concatenate(out) if out else np.zeros((0, *shape), np.float32)
 
 
@@ -107,7 +108,9 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
     e = c.eval
     shape = test.values.shape[1:]
     groups = sorted(set(test.groups), key=lambda g: (g != "seen", g))
-    res: dict = {"machine": machine_description(), "guidance": e.sample.guidance, "test_pairs": len(test),
+    res: dict = {"machine": machine_description(), "guidance": e.sample.guidance,
+                 "guidance_interval": list(e.sample.guidance_interval), "guidance_rescale": e.sample.guidance_rescale,
+                 "test_pairs": len(test),
                  "groups": {g: test.groups.count(g) for g in groups}}
     fake = text_to_series(model, c, test.captions, shape, e.seed)
     caps = series_to_text(model, c, test.values)
@@ -118,6 +121,8 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
     else:
         log.warning("%d test pairs: too few for a discriminative score (needs %d)", len(idx), DISC_MIN_PAIRS)
     res["caption_examples"] = [(test.captions[i], caps[i]) for i in idx[:6]]
+    if first.properties and e.fidelity:
+        res["fidelity"] = fidelity(first, fake[idx], c, out_dir)
     if test.properties:
         res["text_to_series"], res["series_to_text"] = {}, {}
         for g in groups:
@@ -126,7 +131,7 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
             res["text_to_series"][g] = P.accuracy(truth, P.estimate(fake[rows]))
             res["series_to_text"][g] = P.accuracy(truth, [parse(caps[i]) for i in rows])
         n = min(e.forecasts, len(first))
-        if e.history < shape[0]:
+        if n and e.history < shape[0]:  # eval.forecasts=0: none
             part = first.subset(range(n))
             with_caption, alone = forecasts(model, c, part)
             res["forecast"] = {"history": e.history, "n": n,
@@ -144,3 +149,27 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
     drawn = text_to_series(model, c, triple, shape, e.seed + 1).reshape(len(grid), 3, *shape)
     series_grid(grid, drawn, out_dir / "text_to_series.png")
     return res
+
+
+def fidelity(real: Pairs, fake: np.ndarray, c: TTSConfig, out_dir: Path) -> dict:
+    """:func:`.fidelity.compare` of ``fake`` against the ``real`` pairs (one generated series per
+    caption), the discriminative score per caption group (groups of at least ``4 *
+    DISC_MIN_PAIRS`` series) and, for synthetic data, the same against a second real series
+    drawn for each caption (the floor: what two real samples score); the overlay plot."""
+    e = c.eval
+    out = FI.compare(real.values, fake, real.properties)
+    floor = None
+    if c.data.source == "synthetic":
+        again = P.generate(real.properties, real.values.shape[1], real.values.shape[2], seed=e.seed + 99).values
+        floor = FI.compare(real.values, again, real.properties)
+        out["floor"] = floor["groups"]
+    for g, idx in {"all": list(range(len(real))), **FI.caption_groups(real.properties)}.items():
+        if len(idx) < 4 * DISC_MIN_PAIRS:
+            continue
+        row = out["groups"][g]
+        row["disc"] = discriminative_score(real.values[idx], fake[idx], iters=e.disc_iters, seed=e.seed)
+        if floor is not None:
+            row["disc_floor"] = discriminative_score(real.values[idx], again[idx], iters=e.disc_iters, seed=e.seed)
+    fidelity_plot(out, real.properties, out_dir / "fidelity.png")
+    out.pop("per_series")
+    return out

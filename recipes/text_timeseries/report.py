@@ -13,6 +13,7 @@ from fusion_core.engine.recipe import read_train_time
 from ..timeseries.plots import pyplot
 from .config import TTSConfig
 from .data import Pairs
+from . import fidelity as FI
 from .properties import PROPERTIES
 
 
@@ -60,6 +61,69 @@ def forecast_plot(pairs: Pairs, with_caption: np.ndarray, alone: np.ndarray, his
     return _captioned_panels(pairs.captions[:k], path, draw)
 
 
+def fidelity_plot(res: dict, props, path: Path) -> Path:
+    """Generated against real: event sizes (spikes, shifts), cycle amplitudes, extra outliers per
+    series and the residual's lag-1 autocorrelation, as overlaid histograms."""
+    plt = pyplot()
+    per = res["per_series"]
+    kinds = np.array([p.event_kind for p in props])
+    panels = [("spike height", "event_size", kinds == "spike"), ("level-shift size", "event_size", kinds == "shift"),
+              ("cycle amplitude", "amplitude", None), ("extra outliers per series", "extra_outliers", None),
+              ("residual lag-1 autocorrelation", "resid_acf1", None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 2.6))
+    for ax, (title, key, mask) in zip(axes, panels):
+        vals = {}
+        for who in ("real", "generated"):
+            v = np.asarray(per[key][who], dtype=float)
+            v = v[mask] if mask is not None else v
+            vals[who] = v[np.isfinite(v)]
+        both = np.concatenate(list(vals.values()))
+        if key == "extra_outliers":
+            bins = np.arange(-0.5, max(both.max(), 1) + 1.5)
+        else:
+            bins = np.linspace(both.min(), both.max(), 30) if len(both) else 10
+        for who, colour in (("real", "black"), ("generated", "tab:blue")):
+            ax.hist(vals[who], bins=bins, histtype="step", lw=1.4, color=colour, density=True,
+                    label=f"{who} (median {np.median(vals[who]) if len(vals[who]) else float('nan'):.2f})")
+        ax.set_title(title, fontsize=8)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _fidelity_lines(f: dict) -> list[str]:
+    head = ("| caption group | n | series with extra outliers, real → generated (second method) | "
+            "event size (second) | cycle amplitude (second) | residual lag-1 acf | noise level | "
+            "disc (real-vs-real floor) |")
+    lines = ["**Fidelity: what the captions do not constrain** (generated vs real series with the same captions; "
+             "medians; in brackets the second, independent method: fidelity.py)", "", head, "| --- |" * 8]
+
+    def pair(d, fmt):
+        return f"{fmt(d['real'])} → {fmt(d['generated'])}"
+
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    num = lambda v: "–" if v != v else f"{v:.2f}"  # noqa: E731
+    for g, row in f["groups"].items():
+        cells = [g, str(row["n"])]
+        for name, fmt in (("extra_outliers", pct), ("event_size", num), ("amplitude", num)):
+            cells.append(f"{pair(row[name], fmt)} ({pair(row[name]['second'], fmt)})")
+        cells += [pair(row["resid_acf1"], num), pair(row["noise"], num)]
+        disc = row.get("disc")
+        cells.append("–" if disc is None else f"{disc:.3f}" + (f" ({row['disc_floor']:.3f})" if "disc_floor" in row
+                                                                else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    a = f["groups"]["all"]
+    lines += ["", f"Generated / real, all series: extra-outlier rate {FI.ratio(a, 'extra_outliers'):.2f}x "
+              f"({FI.ratio(a, 'extra_outliers', True):.2f}x by the second method), event size "
+              f"{FI.ratio(a, 'event_size'):.2f}x ({FI.ratio(a, 'event_size', True):.2f}x), cycle amplitude "
+              f"{FI.ratio(a, 'amplitude'):.2f}x ({FI.ratio(a, 'amplitude', True):.2f}x).", "",
+              "![fidelity](fidelity.png)", ""]
+    return lines
+
+
 def _table(title: str, accs: dict) -> list[str]:
     cols = list(PROPERTIES) + ["all"]
     lines = [f"**{title}** (share right)", "", "| group | " + " | ".join(cols) + " |",
@@ -67,6 +131,16 @@ def _table(title: str, accs: dict) -> list[str]:
     for group, acc in accs.items():
         lines.append(f"| {group} | " + " | ".join(f"{acc[k]:.3f}" for k in cols) + " |")
     return lines + [""]
+
+
+def _guidance(res: dict) -> str:
+    out = f"{res['guidance']}"
+    interval, rescale = res.get("guidance_interval", [0.0, 1.0]), res.get("guidance_rescale", 0.0)
+    if res["guidance"] and [float(v) for v in interval] != [0.0, 1.0]:
+        out += f", interval {[float(v) for v in interval]}"
+    if res["guidance"] and rescale:
+        out += f", rescale {rescale}"
+    return out
 
 
 def write_report(out_dir: Path, run_dir: Path, c: TTSConfig, res: dict) -> Path:
@@ -78,7 +152,7 @@ def write_report(out_dir: Path, run_dir: Path, c: TTSConfig, res: dict) -> Path:
              f"{c.train.batch_size} pairs ({d.series_first:.0%} series first, noise limit {d.noise_limit or 'off'}); "
              f"data {d.source} (series {d.length} steps{pairs}); seed {c.train.seed}.", "",
              f"Machine: {res['machine']}. Training {trained}, evaluation {res['eval_seconds']:.0f} s. "
-             f"Sampling: {c.eval.sample.sampler}, {c.eval.sample.steps} steps, guidance {res['guidance']}.", "",
+             f"Sampling: {c.eval.sample.sampler}, {c.eval.sample.steps} steps, guidance {_guidance(res)}.", "",
              f"Test pairs: {res['groups']}.", ""]
     if "text_to_series" in res:
         lines += _table("Text → series: properties of generated series measured back", res["text_to_series"])
@@ -86,6 +160,8 @@ def write_report(out_dir: Path, run_dir: Path, c: TTSConfig, res: dict) -> Path:
     if "disc" in res:
         lines += [f"Discriminative score of series generated from captions vs the real series with those "
                   f"captions: **{res['disc']:.4f}** (0 = indistinguishable).", ""]
+    if "fidelity" in res:
+        lines += _fidelity_lines(res["fidelity"])
     if "forecast" in res:
         f = res["forecast"]
         lines += [f"**Text-conditioned forecasting** ({f['n']} series, {f['history']} steps given):", "",

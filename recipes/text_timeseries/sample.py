@@ -65,7 +65,7 @@ def sample(run_dir: Path, argv: list[str]):
         return caps
     prompts = [cap for cap in a.caption for _ in range(a.n)]
     drawn = gen.generate_span(model, prompts, MODALITY, (L, F), s.make(model.diffusion[MODALITY]),
-                              s.guidance_scale, seed=s.seed).numpy()
+                              s.guidance_args, seed=s.seed).numpy()
     out = Path(run_dir) / "samples"
     out.mkdir(exist_ok=True)
     drawn = drawn.reshape(len(a.caption), a.n, L, F)
