@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from fusion_core.engine.cli import main
+from fusion_core.engine.config import to_object
+from fusion_core.engine.recipe import get_recipe
 from fusion_core import generation as gen
 from fusion_core.diffusion import make_sampler
 from fusion_core.diffusion.repaint import repaint
@@ -286,7 +288,7 @@ def test_cli_models_log_returns_and_samples_price_paths(tmp_path):
                  "data.time_column=date", "data.transform=log_return", "eval.reference=true",
                  "eval.metrics=[disc,pred,jsd]"]) == 0
     report = (run / "report.md").read_text()
-    assert "real training windows (reference)" in report
+    assert "real vs real (floor)" in report and "training windows against the test windows" in report
     assert main(["sample", str(run), "--n", "4", "--out", "paths.npy"]) == 0
     paths = np.load(run / "paths.npy")
     assert paths.shape == (4, 16, 2) and (paths > 0).all()
@@ -396,11 +398,29 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
     assert all(f"{d}{L}" in out for d in ("stocks", "energy") for L in (24, 100, 384))
-    assert main(["run", "timeseries", "--preset", "stocks24", *TINY, f"run_dir={tmp_path / 's'}"]) == 0
+    assert main(["run", "timeseries", "--preset", "stocks24", *TINY, f"run_dir={tmp_path / 's'}",
+                 "eval.reference=true"]) == 0
     result = json.loads((tmp_path / "s" / "eval.json").read_text())
-    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd"}
+    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd"} == set(result["reference"])
     report = (tmp_path / "s" / "report.md").read_text()
     assert "not run: lds, lps, fid" in report and "--full" in report
+    assert "papers' protocol" in report and "two disjoint halves of the training windows" in report
+
+
+def test_the_real_floor_under_the_papers_protocol_scores_two_disjoint_halves(monkeypatch):
+    """Scored against the training windows, the floor must not draw both sides from one pool
+    (3000 of 3662 Stocks windows twice would share ~2450): two disjoint halves."""
+    import importlib
+
+    EV = importlib.import_module("fusion_core.recipes.timeseries.evaluate")
+    seen = {}
+    monkeypatch.setattr(EV, "score", lambda a, b, *args, **kw: seen.update(a=a, b=b) or {"disc": (0.0, 0.0)})
+    train = np.arange(101 * 3, dtype=np.float32).reshape(101, 3, 1)  # every window unique
+    splits = type("S", (), {"train": train})()
+    c = to_object(get_recipe("timeseries").load_config("stocks24", overrides=["eval.n=3000"]))
+    _, kind = EV.real_floor(c, splits, train, c.eval, None)
+    a, b = {w.tobytes() for w in seen["a"]}, {w.tobytes() for w in seen["b"]}
+    assert len(a) == len(b) == 50 and not a & b and kind.endswith("50 vs 50")
 
 
 def test_the_energy_presets_read_a_path_and_say_where_to_get_the_file(tmp_path, capsys):

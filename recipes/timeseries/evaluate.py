@@ -105,6 +105,26 @@ def held_out(c: TSConfig, splits: Splits, n: int, seed: int = 0, long_factor: in
     return real, (np.nanmin(splits.fit_data, 0), np.nanmax(splits.fit_data, 0))
 
 
+def real_floor(c: TSConfig, splits: Splits, real: np.ndarray, e: TSEvalArgs, value_range) -> tuple[dict, str]:
+    """Real windows scored against real windows, the same way as the generated ones: what the
+    metrics give two samples of the real distribution (the floor). Sine: a fresh draw against
+    ``real``. Loaded data scored against the test split: the training windows against it (the
+    distribution-shift floor of a chronological split). Scored against the training windows
+    (``eval.against=train``): two disjoint halves of them — drawing both sides from one pool would
+    share most windows and flatter the floor."""
+    rng = np.random.default_rng(e.seed + 7)
+    if c.data.source == "sine":
+        ref = held_out(c, splits, e.n, e.seed + 1)[0]
+        return _as_dict(score(real, ref, e, e.seed, value_range)), f"a second draw of {len(ref)} sine windows"
+    if c.eval.against == "train":
+        pool = splits.train[rng.permutation(len(splits.train))]
+        k = min(e.n, len(pool) // 2)
+        return (_as_dict(score(pool[:k], pool[k: 2 * k], e, e.seed, value_range)),
+                f"two disjoint halves of the training windows, {k} vs {k}")
+    ref = splits.train[rng.permutation(len(splits.train))[: e.n]]
+    return _as_dict(score(real, ref, e, e.seed, value_range)), f"{len(ref)} training windows against the test windows"
+
+
 def _as_dict(scores: dict) -> dict:
     return {k: {"mean": m, "ci95": ci} for k, (m, ci) in scores.items()}
 
@@ -148,11 +168,9 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         long_result = {"factor": e.long_factor, "sample_seconds": long_s, "resample": s.resample,
                        "cond_sampler": f"{s.cond_sampler} {len(cond)} steps",
                        "scores": _as_dict(score(real_cut, cut, e, e.seed, value_range))}
-    reference = None
+    reference, reference_kind = None, None
     if e.reference:
-        src = splits.train if c.data.source != "sine" else held_out(c, splits, e.n, e.seed + 1)[0]
-        ref = src[np.random.default_rng(e.seed + 7).permutation(len(src))[: e.n]]
-        reference = _as_dict(score(real, ref, e, e.seed, value_range))
+        reference, reference_kind = real_floor(c, splits, real, e, value_range)
     sine_fit = None
     if c.data.source == "sine":  # a closed form: each curve's distance from the generator's family
         sine_fit = {"fake": metrics.sine_fit(fake, c.data.sine_phase),
@@ -162,7 +180,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     result = {"scores": _as_dict(scores), "n_real": len(real), "n_fake": len(fake),
               "sampler": sampler.__class__.__name__, "steps": len(sampler), "sample_seconds": sample_s,
               "score_seconds": score_s, "machine": machine_description(), "long": long_result,
-              "reference": reference, "sine_fit": sine_fit}
+              "reference": reference, "reference_kind": reference_kind, "sine_fit": sine_fit}
     (run_dir / f"eval{suffix}.json").write_text(json.dumps(result, indent=1))
     write_report(run_dir, c, result, pics, f"report{suffix}.md")
     for k, (m, ci) in scores.items():
