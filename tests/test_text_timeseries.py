@@ -171,10 +171,11 @@ def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_p
     assert "series 0:" in capsys.readouterr().out
     assert main(["evaluate", str(run), "eval.sample.guidance=0", "--out", "nocfg"]) == 0
     assert json.loads((run / "nocfg" / "eval.json").read_text())["guidance"] == 0
-    assert main(["evaluate", str(run), "eval.sample.guidance_interval=[0.1,0.6]", "eval.sample.guidance_rescale=0.7",
+    assert main(["evaluate", str(run), "eval.sample.guidance=2.5", "eval.sample.guidance_interval=[0.1,0.6]",
+                 "eval.sample.guidance_rescale=0.7",
                  "eval.forecasts=0", "eval.fidelity=false", "--out", "limited"]) == 0
     res = json.loads((run / "limited" / "eval.json").read_text())
-    assert (res["guidance"], res["guidance_interval"], res["guidance_rescale"]) == (3.0, [0.1, 0.6], 0.7)
+    assert (res["guidance"], res["guidance_interval"], res["guidance_rescale"]) == (2.5, [0.1, 0.6], 0.7)
     assert "forecast" not in res and "fidelity" not in res
     assert "interval [0.1, 0.6], rescale 0.7" in (run / "limited" / "report.md").read_text()
 

@@ -99,7 +99,7 @@ def _fidelity_lines(f: dict) -> list[str]:
             "event size (second) | cycle amplitude (second) | residual lag-1 acf | noise level | "
             "disc (real-vs-real floor) |")
     lines = ["**Fidelity: what the captions do not constrain** (generated vs real series with the same captions; "
-             "medians; in brackets the second, independent method: fidelity.py)", "", head, "| --- |" * 8]
+             "medians; in brackets the second, independent method: fidelity.py)", "", head, "|" + " --- |" * 8]
 
     def pair(d, fmt):
         return f"{fmt(d['real'])} → {fmt(d['generated'])}"
