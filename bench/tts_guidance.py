@@ -64,10 +64,11 @@ def main() -> None:
     groups = sorted(set(test.groups), key=lambda g: (g != "seen", g))
     rows_of = {g: [i for i, gi in enumerate(test.groups) if gi == g] for g in groups}
     seen = test.subset(rows_of["seen"])
-    again = P.generate(seen.properties, shape[0], shape[1], seed=12345).values  # a second real series per caption
+    # a second real series per caption
+    again = P.generate(seen.properties, shape[0], shape[1], seed=12345, family=c.data.family).values
 
     def fidelity_row(name: str, fake_seen: np.ndarray, acc: dict | None, seconds: float, seed: int) -> dict:
-        f = FI.compare(seen.values, fake_seen, seen.properties)["groups"]["all"]
+        f = FI.compare(seen.values, fake_seen, seen.properties, c.data.family)["groups"]["all"]
         row = {"scheme": name, "seed": seed}
         if acc is not None:
             row |= {"seen min": min(v for k, v in acc["seen"].items() if k != "all"), "seen all": acc["seen"]["all"]}
@@ -83,7 +84,7 @@ def main() -> None:
                 "seconds": seconds}
         return row
 
-    f_real = FI.compare(seen.values, again, seen.properties)["groups"]["all"]
+    f_real = FI.compare(seen.values, again, seen.properties, c.data.family)["groups"]["all"]
     rows = [fidelity_row("real vs real", again, None, 0.0, 0)]
     print(f"real: series with extra outliers {f_real['extra_outliers']['real']:.4f} "
           f"(second method {f_real['extra_outliers']['second']['real']:.4f}); event size median "
@@ -97,7 +98,7 @@ def main() -> None:
             t0 = time.time()
             fake = text_to_series(model, cfg, test.captions, shape, c.eval.seed + 1000 * seed)
             seconds = time.time() - t0
-            acc = {gname: P.accuracy([test.properties[i] for i in idx], P.estimate(fake[idx]))
+            acc = {gname: P.accuracy([test.properties[i] for i in idx], P.estimate(fake[idx], c.data.family))
                    for gname, idx in rows_of.items()}
             rows.append(fidelity_row(text, fake[rows_of["seen"]], acc, seconds, seed))
             print(rows[-1], flush=True)

@@ -16,7 +16,7 @@ from fusion_core.generation import SampleArgs
 from fusion_core.engine.trainer import OptimArgs, TrainArgs
 
 from ..timeseries.config import TSModelArgs
-from .properties import ALL_COMBINATIONS
+from .properties import ALL_COMBINATIONS, check_family
 
 SOURCES = ("synthetic", "real")  # built in; else a .jsonl / .csv of (caption, series) pairs
 TOKENIZERS = ("words", "bytes")
@@ -29,6 +29,10 @@ class TTSDataArgs:
     source: str = "synthetic"
     length: int = 64  # steps per series
     features: int = 1  # channels per series (synthetic)
+    # what captions leave open (properties.FAMILIES): basic (straight trends, pure sines, white
+    # noise) | wide (bent trends, second harmonics, AR(1) noise; its estimator measures them). Also
+    # the estimator that measures generated series and captions real windows
+    family: str = "basic"
     # synthetic training pairs; 0: train.steps x train.batch_size, a new pair for every sample (with
     # 50000 pairs seen 6.4 times, seed 0's generated cycles lost their period: docs/results.md)
     examples: int = 0
@@ -60,6 +64,10 @@ class TTSDataArgs:
         if not 0 <= self.held_out_combinations < len(ALL_COMBINATIONS) // 2:
             raise ValueError(f"data.held_out_combinations must be in [0, {len(ALL_COMBINATIONS) // 2}), "
                              f"got {self.held_out_combinations}")
+        check_family(self.family)
+        if self.family == "kinked":
+            raise ValueError("data.family=kinked is the held-out family of shapes (eval.unseen_family): "
+                             "train on basic or wide")
         check_fraction("data.series_first", self.series_first)
         check_fraction("data.held_out", self.held_out, upper_open=True)
         if self.noise_limit < 0:
@@ -113,6 +121,9 @@ class TTSEvalArgs:
     history: int = 40  # forecasting: steps given; the rest is forecast
     forecasts: int = 200  # test windows to forecast (with and without their caption); 0 = none
     disc_iters: int = 1000  # discriminative score classifier steps
+    # series → text on a family of shapes training never draws (synthetic data; "" = none): kinked
+    # trends (two straight pieces) with harmonics and AR(1) noise, from the seen combinations
+    unseen_family: str = "kinked"
     fidelity: bool = True  # fidelity measures and per-group discriminative scores (fidelity.py)
     grid: int = 8  # captions in the report's grid (3 generated series each beside the real one)
     after_train: bool = True
@@ -125,6 +136,8 @@ class TTSEvalArgs:
                 raise ValueError(f"eval.{key} must be >= 1, got {getattr(self, key)}")
         if self.forecasts < 0:
             raise ValueError(f"eval.forecasts must be >= 0 (0: no forecasting), got {self.forecasts}")
+        if self.unseen_family:
+            check_family(self.unseen_family)
 
 
 @dataclass

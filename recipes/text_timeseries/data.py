@@ -1,11 +1,12 @@
 """The text_timeseries recipe's data: (caption, series) pairs.
 
-- ``synthetic`` (built in): series of :mod:`.properties`' generator, each captioned by
-  :func:`.captions.describe`; ``data.held_out_combinations`` property combinations never occur in
-  training (the test set draws from both groups).
+- ``synthetic`` (built in): series of :mod:`.properties`' generator (of the series family
+  ``data.family``), each captioned by :func:`.captions.describe`; ``data.held_out_combinations``
+  property combinations never occur in training (the test set draws from both groups).
 - ``real``: windows of real series that ship in packages (electricity demand, sunspots,
   Nottingham temperatures, UK driver deaths, S&P 500 closes), each window standardized (mean 0,
-  std 1 per channel) and captioned by the estimators — every caption is true of its series.
+  std 1 per channel) and captioned by the estimators (``data.family``'s: wide fits bent trends,
+  harmonics and correlated noise) — every caption is true of its series.
   Chronological split: the last 20% of every series is test (series too short for a test window
   only train).
 - your pairs: JSONL (``{"caption": "...", "series": [...]}`` per line) or CSV (columns ``caption``
@@ -86,10 +87,10 @@ def synthetic(d, n: int, seed: int, split: str) -> Pairs:
     held = P.held_out_combinations(d.held_out_combinations, d.combination_seed)
     seen = [c for c in P.ALL_COMBINATIONS if c not in set(held)]
     if split == "train":
-        drawn = P.draw(n, seen, d.length, d.features, seed)
+        drawn = P.draw(n, seen, d.length, d.features, seed, d.family)
         return captioned(drawn.values, drawn.properties, seed + 17, ["seen"] * n)
     parts = [("seen", seen)] + ([("held-out", held)] if held else [])
-    out = [P.draw(n, combos, d.length, d.features, seed + 1000 * k) for k, (_, combos) in enumerate(parts)]
+    out = [P.draw(n, combos, d.length, d.features, seed + 1000 * k, d.family) for k, (_, combos) in enumerate(parts)]
     values = np.concatenate([o.values for o in out])
     props = [p for o in out for p in o.properties]
     groups = [name for name, _ in parts for _ in range(n)]
@@ -110,7 +111,8 @@ def real(d, seed: int) -> tuple[Pairs, Pairs]:
         cut = int(len(x) * (1 - TEST_SHARE))
         train.append(_windows(x[:cut], d.length, d.stride))
         test.append(_windows(x[cut:], d.length, d.length // 2))
-    return _caption_measured(np.concatenate(train), seed), _caption_measured(np.concatenate(test), seed + 1)
+    return (_caption_measured(np.concatenate(train), seed, d.family),
+            _caption_measured(np.concatenate(test), seed + 1, d.family))
 
 
 def _windows(x: np.ndarray, length: int, stride: int) -> np.ndarray:
@@ -120,8 +122,8 @@ def _windows(x: np.ndarray, length: int, stride: int) -> np.ndarray:
     return ((w - mean) / np.maximum(std, 1e-8)).astype(np.float32)
 
 
-def _caption_measured(values: np.ndarray, seed: int) -> Pairs:
-    return captioned(values, P.estimate(values), seed)
+def _caption_measured(values: np.ndarray, seed: int, family: str = "basic") -> Pairs:
+    return captioned(values, P.estimate(values, family), seed)
 
 
 # -- your pairs --------------------------------------------------------------------------------

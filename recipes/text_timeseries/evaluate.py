@@ -6,7 +6,8 @@ estimators of :mod:`.properties`.
   once, for seen and held-out combinations; plus the discriminative score of the generated series
   against the real test series that share their captions.
 - **series → text**: each test series captioned (greedy); the caption parsed back
-  (:func:`.captions.parse`) and compared with the series' properties.
+  (:func:`.captions.parse`) and compared with the series' properties; also on series of a family
+  of shapes training never drew (``eval.unseen_family``, synthetic data: kinked trends).
 - **text-conditioned forecasting**: the first ``eval.history`` steps of a test series, forecast
   to its full length with its caption and without; the whole forecast window's properties
   compared with the truth (events "near the end" happen after the history: only the caption
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import logging
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from fusion_core.model import FusionModel
 from fusion_core.engine.recipe import machine_description, parse_command, setup_logging
 
 from ..timeseries.metrics import discriminative_score
+from . import captions as C
 from . import fidelity as FI
 from . import properties as P
 from .captions import parse
@@ -98,6 +101,9 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     for direction in ("text_to_series", "series_to_text"):
         for group, acc in res.get(direction, {}).items():
             log.info("%-15s %-9s %s", direction, group, " ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+    if "unseen_family" in res:
+        u = res["unseen_family"]
+        log.info("series_to_text  %-9s %s", u["family"], " ".join(f"{k} {v:.3f}" for k, v in u["series_to_text"].items()))
     if "disc" in res:
         log.info("discriminative score (generated vs real, shared captions) %.4f", res["disc"])
     return res
@@ -106,6 +112,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
 def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path) -> dict:
     """Every measurement of the module docstring on ``test``; pictures into ``out_dir``."""
     e = c.eval
+    fam = c.data.family
     shape = test.values.shape[1:]
     groups = sorted(set(test.groups), key=lambda g: (g != "seen", g))
     res: dict = {"machine": machine_description(), "guidance": e.sample.guidance,
@@ -123,26 +130,29 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
     res["caption_examples"] = [(test.captions[i], caps[i]) for i in idx[:6]]
     if first.properties and e.fidelity:
         res["fidelity"] = fidelity(first, fake[idx], c, out_dir)
+    if c.data.source == "synthetic" and e.unseen_family:
+        res["unseen_family"] = unseen_family(model, c, len(first), shape)
     if test.properties:
         res["text_to_series"], res["series_to_text"] = {}, {}
         for g in groups:
             rows = [i for i, gi in enumerate(test.groups) if gi == g]
             truth = [test.properties[i] for i in rows]
-            res["text_to_series"][g] = P.accuracy(truth, P.estimate(fake[rows]))
+            res["text_to_series"][g] = P.accuracy(truth, P.estimate(fake[rows], fam))
             res["series_to_text"][g] = P.accuracy(truth, [parse(caps[i]) for i in rows])
         n = min(e.forecasts, len(first))
         if n and e.history < shape[0]:  # eval.forecasts=0: none
             part = first.subset(range(n))
             with_caption, alone = forecasts(model, c, part)
             res["forecast"] = {"history": e.history, "n": n,
-                               "with_caption": P.accuracy(part.properties, P.estimate(with_caption)),
-                               "alone": P.accuracy(part.properties, P.estimate(alone))}
+                               "with_caption": P.accuracy(part.properties, P.estimate(with_caption, fam)),
+                               "alone": P.accuracy(part.properties, P.estimate(alone, fam))}
             late = [i for i, p in enumerate(part.properties) if p.event_where == "end"]
             if late:  # events after the history: only the caption knows them
                 res["forecast"]["late_events"] = {
                     "n": len(late),
-                    "with_caption": P.accuracy([part.properties[i] for i in late], P.estimate(with_caption[late]))["event"],
-                    "alone": P.accuracy([part.properties[i] for i in late], P.estimate(alone[late]))["event"]}
+                    "with_caption": P.accuracy([part.properties[i] for i in late],
+                                               P.estimate(with_caption[late], fam))["event"],
+                    "alone": P.accuracy([part.properties[i] for i in late], P.estimate(alone[late], fam))["event"]}
             forecast_plot(part, with_caption, alone, e.history, out_dir / "forecasts.png")
     grid = first.subset(range(min(e.grid, len(first))))
     triple = [cap for cap in grid.captions for _ in range(3)]
@@ -151,17 +161,32 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
     return res
 
 
+def unseen_family(model: FusionModel, c: TTSConfig, n: int, shape) -> dict:
+    """Series → text on ``n`` series of ``eval.unseen_family`` (a family of shapes training never
+    drew), from the seen combinations: per-property accuracy of the parsed captions against the
+    drawn truth (no estimator involved)."""
+    d, e = c.data, c.eval
+    held = set(P.held_out_combinations(d.held_out_combinations, d.combination_seed))
+    seen = [p for p in P.ALL_COMBINATIONS if p not in held]
+    drawn = P.draw(n, seen, shape[0], shape[1], seed=e.seed + 4242, family=e.unseen_family)
+    caps = series_to_text(model, c, drawn.values)
+    acc = P.accuracy(drawn.properties, [parse(t) for t in caps])
+    return {"family": e.unseen_family, "n": n, "series_to_text": acc,
+            "examples": [(C.describe(p, random.Random(i)), t) for i, (p, t) in enumerate(zip(drawn.properties[:4], caps))]}
+
+
 def fidelity(real: Pairs, fake: np.ndarray, c: TTSConfig, out_dir: Path) -> dict:
     """:func:`.fidelity.compare` of ``fake`` against the ``real`` pairs (one generated series per
     caption), the discriminative score per caption group (groups of at least ``4 *
     DISC_MIN_PAIRS`` series) and, for synthetic data, the same against a second real series
     drawn for each caption (the floor: what two real samples score); the overlay plot."""
-    e = c.eval
-    out = FI.compare(real.values, fake, real.properties)
+    e, fam = c.eval, c.data.family
+    out = FI.compare(real.values, fake, real.properties, fam)
     floor = None
     if c.data.source == "synthetic":
-        again = P.generate(real.properties, real.values.shape[1], real.values.shape[2], seed=e.seed + 99).values
-        floor = FI.compare(real.values, again, real.properties)
+        again = P.generate(real.properties, real.values.shape[1], real.values.shape[2], seed=e.seed + 99,
+                           family=fam).values
+        floor = FI.compare(real.values, again, real.properties, fam)
         out["floor"] = floor["groups"]
     for g, idx in {"all": list(range(len(real))), **FI.caption_groups(real.properties)}.items():
         if len(idx) < 4 * DISC_MIN_PAIRS:

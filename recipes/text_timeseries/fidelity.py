@@ -6,12 +6,13 @@ with two spikes, or with a spike three times the data's height, passes adherence
 
 Each series is fitted by least squares to the model its caption names (intercept + slope, the
 captioned cycle, the captioned event — its position searched within the captioned third of the
-window, as the generator places it), and from the fit:
+window, as the generator places it; for a family other than basic, the wide estimator's model:
+a cubic trend and the cycle with its second harmonic), and from the fit:
 
 - **extra outliers**: residual points whose robust z-score (median / MAD of that residual)
   exceeds :data:`OUTLIER_Z` — spikes, dips or jumps the caption does not describe;
 - **event size**: the fitted spike height or shift size (absolute, mean over channels);
-- **cycle amplitude**: ``sqrt(a^2 + b^2)`` of the fitted sine/cosine pair;
+- **cycle amplitude**: ``sqrt(a^2 + b^2)`` of the fitted sine/cosine pair (the fundamental's);
 - **residual autocorrelation**: lag-1 autocorrelation of the residual (white noise: ~0), and
   the residual's noise level (:func:`.properties.noise_level`).
 
@@ -78,14 +79,14 @@ def _where_range(where: str, L: int) -> range:
     return range(first, max(last, first + 1))
 
 
-def _fit(y: np.ndarray, p: P.Properties):
+def _fit(y: np.ndarray, p: P.Properties, poly: int = 1, harmonics: int = 1):
     """Least-squares fit of ``y`` ``(L, F)`` to the caption's model. Returns (coef, design, at)."""
     L = y.shape[0]
     kind = p.event_kind
     candidates = [-1] if kind == "none" else list(_where_range(p.event_where, L))
     best = None
     for at in candidates:
-        X = P._raw_design(L, p.season, kind if at >= 0 else "none", at)
+        X = P._raw_design(L, p.season, kind if at >= 0 else "none", at, poly, harmonics)
         coef, *_ = np.linalg.lstsq(X, y, rcond=None)
         rss = float(((y - X @ coef) ** 2).sum())
         if best is None or rss < best[0]:
@@ -100,13 +101,16 @@ def robust_z(r: np.ndarray) -> np.ndarray:
     return (r - med) / np.maximum(mad, 1e-9)
 
 
-def measure(x: np.ndarray, props: Sequence[P.Properties]) -> Fidelity:
+def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic") -> Fidelity:
     """The module docstring's measures of each series ``(N, L, F)`` against its caption's
-    properties (from the caption, not measured from the series).
+    properties (from the caption, not measured from the series), fitted with the estimator's
+    model for the series ``family``.
 
     Raises:
-        ValueError: shapes that disagree, NaN/inf values.
+        ValueError: shapes that disagree, NaN/inf values, an unknown family.
     """
+    P.check_family(family)
+    poly, harmonics = P._shape(family != "basic")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 3 or len(x) != len(props):
         raise ValueError(f"need series (N, L, F) and N properties, got {x.shape} and {len(props)}")
@@ -119,10 +123,10 @@ def measure(x: np.ndarray, props: Sequence[P.Properties]) -> Fidelity:
     fitted = np.zeros_like(x)
     for s, p in enumerate(props):
         y = x[s]
-        coef, X, at = _fit(y, p)
+        coef, X, at = _fit(y, p, poly, harmonics)
         r = y - X @ coef
         resid[s] = r
-        keep = [0, 1] + ([X.shape[1] - 1] if at >= 0 else [])  # trend and event columns
+        keep = list(range(poly + 1)) + ([X.shape[1] - 1] if at >= 0 else [])  # trend and event columns
         fitted[s] = X[:, keep] @ coef[keep]
         z = np.abs(robust_z(r))
         out["extra_outliers"][s] = float((z > OUTLIER_Z).any(axis=1).sum())
@@ -130,7 +134,7 @@ def measure(x: np.ndarray, props: Sequence[P.Properties]) -> Fidelity:
             out["event_size"][s] = float(np.abs(coef[-1]).mean())
             at_all[s] = at
         if p.season:
-            out["amplitude"][s] = float(np.hypot(coef[2], coef[3]).mean())
+            out["amplitude"][s] = float(np.hypot(coef[poly + 1], coef[poly + 2]).mean())
         out["resid_acf1"][s] = float(np.mean([acf1(r[:, f]) for f in range(F)]))
         out["noise"][s] = P.noise_level(r)
     return Fidelity(**out, event_at=at_all, resid=resid, fitted=fitted)
@@ -220,11 +224,11 @@ def _median(v: np.ndarray) -> float:
     return float(np.median(v)) if len(v) else float("nan")
 
 
-def compare(real: np.ndarray, fake: np.ndarray, props: Sequence[P.Properties]) -> dict:
+def compare(real: np.ndarray, fake: np.ndarray, props: Sequence[P.Properties], family: str = "basic") -> dict:
     """Every measure, both methods, generated vs real series sharing captions (``props``): per
     caption group and overall, the extra-outlier rate (share of series with any) and the
     medians of the others; plus each measure's per-series values for plots."""
-    fr, ff = measure(real, props), measure(fake, props)
+    fr, ff = measure(real, props, family), measure(fake, props, family)
     sr, sf = second_opinion(real, props, fr), second_opinion(fake, props, ff)
     groups = {"all": list(range(len(props))), **caption_groups(props)}
     table = {}

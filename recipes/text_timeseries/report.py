@@ -150,13 +150,19 @@ def write_report(out_dir: Path, run_dir: Path, c: TTSConfig, res: dict) -> Path:
     lines = [f"# Text ↔ time series run `{Path(run_dir).name}`", "",
              f"Model {m.dim} wide, {m.n_layers} layers, series patches of {m.patch} steps; {c.train.steps} steps of "
              f"{c.train.batch_size} pairs ({d.series_first:.0%} series first, noise limit {d.noise_limit or 'off'}); "
-             f"data {d.source} (series {d.length} steps{pairs}); seed {c.train.seed}.", "",
+             f"data {d.source} (series {d.length} steps, family {d.family}{pairs}); seed {c.train.seed}.", "",
              f"Machine: {res['machine']}. Training {trained}, evaluation {res['eval_seconds']:.0f} s. "
              f"Sampling: {c.eval.sample.sampler}, {c.eval.sample.steps} steps, guidance {_guidance(res)}.", "",
              f"Test pairs: {res['groups']}.", ""]
     if "text_to_series" in res:
         lines += _table("Text → series: properties of generated series measured back", res["text_to_series"])
         lines += _table("Series → text: properties parsed from generated captions", res["series_to_text"])
+    if "unseen_family" in res:
+        u = res["unseen_family"]
+        lines += _table(f"Series → text on {u['n']} series of a family of shapes training never drew "
+                        f"(`{u['family']}`: trends of two straight pieces, harmonics, AR(1) noise)",
+                        {u["family"]: u["series_to_text"]})
+        lines += [f"- {truth!r} → {made!r}" for truth, made in u["examples"]] + [""]
     if "disc" in res:
         lines += [f"Discriminative score of series generated from captions vs the real series with those "
                   f"captions: **{res['disc']:.4f}** (0 = indistinguishable).", ""]

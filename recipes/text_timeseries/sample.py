@@ -73,7 +73,7 @@ def sample(run_dir: Path, argv: list[str]):
     series_grid(Pairs(a.caption, drawn[:, 0]), drawn, out / "series.png")
     for cap, group in zip(a.caption, drawn):
         print(f"{cap!r}:")
-        for j, props in enumerate(estimate(group)):
+        for j, props in enumerate(estimate(group, c.data.family)):
             print(f"  series {j}: measured {props._asdict()}")
     print(f"saved {out / 'series.npy'} and {out / 'series.png'}")
     return drawn
