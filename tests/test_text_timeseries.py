@@ -218,9 +218,15 @@ def test_a_run_on_real_series_keeps_its_chronological_test_pairs_and_evaluates_t
     assert main(["run", "text_timeseries", "--preset", "tiny", "data.source=real", "data.stride=32",
                  f"run_dir={run}"]) == 0
     test = D.Pairs.load(run / "test.npz")
-    assert len(test) > 20 and test.properties  # captions in the recipe's vocabulary: measured
+    assert len(test.group("test")) > 20 and test.properties  # captions in the recipe's vocabulary: measured
+    train, held = D.real(to_object(get_recipe("text_timeseries").load_config(
+        "tiny", overrides=["data.source=real", "data.stride=32"])).data, 0)
+    seen = test.group("seen")  # a sample of the training pairs, for adherence on what was trained
+    assert 0 < len(seen) and {c for c in seen.captions} <= set(train.captions)
+    assert test.group("test").captions == held.captions  # the chronological test part, all of it
     res = json.loads((run / "eval.json").read_text())
-    assert res["groups"] == {"test": len(test)} and set(res["text_to_series"]) == {"test"}
+    assert res["groups"] == {"test": len(held), "seen": len(seen)} and set(res["text_to_series"]) == {"seen", "test"}
+    assert res["fidelity"]["groups"]["all"]["n"] == len(held)  # fidelity on the pairs never trained on
 
 
 def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_path, capsys):

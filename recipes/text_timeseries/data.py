@@ -76,6 +76,12 @@ class Pairs:
         return cls(caps, values, props if all(p is not None for p in props) else [], [str(g) for g in z["groups"]])
 
 
+def concat(a: Pairs, b: Pairs) -> Pairs:
+    """``a``'s pairs then ``b``'s (properties kept only when both know theirs)."""
+    return Pairs(a.captions + b.captions, np.concatenate([a.values, b.values]),
+                 a.properties + b.properties if a.properties and b.properties else [], a.groups + b.groups)
+
+
 def captioned(values: np.ndarray, props: list[P.Properties], seed: int, groups: list[str] | None = None) -> Pairs:
     rng = random.Random(seed)
     return Pairs([C.describe(p, rng) for p in props], values, list(props), groups or ["test"] * len(props))

@@ -59,12 +59,17 @@ def encode_pair(model: FusionModel, caption: str, series: np.ndarray, series_fir
 
 def load_pairs(c: TTSConfig, data=None) -> tuple[D.Pairs, D.Pairs | None]:
     """Training pairs and, for real data and your pairs, the held-out ones (synthetic test pairs
-    are drawn again at evaluation)."""
+    are drawn again at evaluation). Real data's held-out pairs also carry ``eval.n`` training
+    pairs as the group "seen" (adherence on what was trained against what was not)."""
     d = c.data
     if data is None and d.source == "synthetic":
         return D.synthetic(d, c.training_pairs, c.train.seed, "train"), None
     if data is None and d.source == "real":
-        return D.real(d, c.train.seed)
+        train, test = D.real(d, c.train.seed)
+        pick = sorted(random.Random(c.train.seed + 5).sample(range(len(train)), min(c.eval.n, len(train))))
+        seen = train.subset(pick)
+        seen.groups = ["seen"] * len(seen)
+        return train, D.concat(seen, test)
     return D.user_pairs(d, data, c.train.seed)
 
 
