@@ -215,46 +215,54 @@ def trend_curve(kind: str, u: np.ndarray, rng: np.random.Generator) -> np.ndarra
     """A monotone curve ``c(u)`` over ``u`` in [0, 1] with ``c(0) = 0`` and ``c(1) = 1``:
     straight, curved (``u + k2 u (u - 1) + k3 u (u - 1) (2 u - 1)``, a cubic the wide estimator
     fits exactly, bent by at least 0.3 in one coefficient) or kinked (two straight pieces)."""
-    if kind == "straight":
-        return u
-    if kind == "curved":
-        while True:
-            k2, k3 = rng.uniform(-1, 1), rng.uniform(-0.6, 0.6)
-            y = u + k2 * u * (u - 1) + k3 * u * (u - 1) * (2 * u - 1)
-            if max(abs(k2), abs(k3)) > 0.3 and np.all(np.diff(y) >= 0):
-                return y
-    if kind == "kinked":
-        knee = rng.uniform(0.35, 0.65)
-        before = knee + rng.choice((-1.0, 1.0)) * rng.uniform(0.2, 0.3)  # share of the change before it
-        return np.where(u < knee, u / knee * before, before + (u - knee) / (1 - knee) * (1 - before))
-    raise ValueError(f"unknown trend shape {kind!r}")
+    return _trend_curves(np.array([kind]), u, rng)[0]
+
+
+def _trend_curves(kinds: np.ndarray, u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`trend_curve` for each of ``kinds`` ``(n,)`` at once: ``(n, L)``."""
+    unknown = set(kinds.tolist()) - {"straight", "curved", "kinked"}
+    if unknown:
+        raise ValueError(f"unknown trend shape(s) {sorted(unknown)}")
+    out = np.broadcast_to(u, (len(kinds), len(u))).copy()
+    todo = np.flatnonzero(kinds == "curved")
+    while len(todo):  # draw the cubic's coefficients until each curve is monotone and bent
+        k2, k3 = rng.uniform(-1, 1, (len(todo), 1)), rng.uniform(-0.6, 0.6, (len(todo), 1))
+        y = u + k2 * u * (u - 1) + k3 * u * (u - 1) * (2 * u - 1)
+        ok = (np.maximum(abs(k2), abs(k3))[:, 0] > 0.3) & (np.diff(y, axis=1) >= 0).all(axis=1)
+        out[todo[ok]] = y[ok]
+        todo = todo[~ok]
+    kinked = np.flatnonzero(kinds == "kinked")
+    knee = rng.uniform(0.35, 0.65, (len(kinked), 1))
+    before = knee + rng.choice((-1.0, 1.0), (len(kinked), 1)) * rng.uniform(0.2, 0.3, (len(kinked), 1))
+    out[kinked] = np.where(u < knee, u / knee * before, before + (u - knee) / (1 - knee) * (1 - before))
+    return out
 
 
 def _generate_family(combos: list[Properties], length: int, features: int, seed: int, fam: Family) -> np.ndarray:
-    """Series of a family other than basic, one by one (module docstring)."""
+    """Series of a family other than basic (module docstring)."""
     rng = np.random.default_rng(seed)
+    n = len(combos)
     u = np.linspace(0.0, 1.0, length)
-    i = np.arange(length)
-    x = np.zeros((len(combos), length, features))
+    i = np.arange(length)[None, :, None]
+    kinds = np.array(fam.trends)[rng.integers(len(fam.trends), size=n * features)]
+    curve = _trend_curves(kinds, u, rng).reshape(n, features, length).transpose(0, 2, 1)  # n L F
+    sign = np.array([{"rising": 1.0, "falling": -1.0, "flat": 0.0}[c.trend] for c in combos])[:, None, None]
+    x = rng.uniform(*LEVEL, (n, 1, features)) + sign * rng.uniform(*SLOPE, (n, 1, features)) * curve
+    period = np.array([c.season or 1 for c in combos], dtype=float)[:, None, None]
+    amp = rng.uniform(*AMPLITUDE, (n, 1, features)) * np.array([c.season > 0 for c in combos])[:, None, None]
+    second = amp * rng.uniform(0, fam.harmonic, (n, 1, features))
+    x = x + amp * np.sin(2 * np.pi * i / period + rng.uniform(0, 2 * np.pi, (n, 1, features)))
+    x = x + second * np.sin(4 * np.pi * i / period + rng.uniform(0, 2 * np.pi, (n, 1, features)))
     for j, c in enumerate(combos):
-        sign = {"rising": 1.0, "falling": -1.0, "flat": 0.0}[c.trend]
-        for f in range(features):
-            curve = trend_curve(fam.trends[int(rng.integers(len(fam.trends)))], u, rng)
-            x[j, :, f] = rng.uniform(*LEVEL) + sign * rng.uniform(*SLOPE) * curve
-            if c.season:
-                amp = rng.uniform(*AMPLITUDE)
-                x[j, :, f] += amp * np.sin(2 * np.pi * i / c.season + rng.uniform(0, 2 * np.pi))
-                x[j, :, f] += amp * rng.uniform(0, fam.harmonic) * np.sin(4 * np.pi * i / c.season
-                                                                          + rng.uniform(0, 2 * np.pi))
         _add_event(x[j], c, rng)
-        sigma, phi = rng.uniform(*SIGMA[c.noise]), rng.uniform(0, fam.ar)
-        z = rng.standard_normal((length, features))
-        e = np.empty_like(z)
-        e[0] = z[0]
-        for t in range(1, length):  # stationary AR(1) of unit variance
-            e[t] = phi * e[t - 1] + np.sqrt(1 - phi ** 2) * z[t]
-        x[j] += sigma * e
-    return x
+    sigma = np.array([rng.uniform(*SIGMA[c.noise]) for c in combos])[:, None]
+    phi = rng.uniform(0, fam.ar, (n, 1))
+    z = rng.standard_normal((n, length, features))
+    e = np.empty_like(z)
+    e[:, 0] = z[:, 0]
+    for t in range(1, length):  # stationary AR(1) of unit variance
+        e[:, t] = phi * e[:, t - 1] + np.sqrt(1 - phi ** 2) * z[:, t]
+    return x + sigma[:, None] * e
 
 
 # -- the estimator ------------------------------------------------------------------------------
