@@ -116,8 +116,13 @@ def _fidelity_lines(f: dict) -> list[str]:
                                                                 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     a = f["groups"]["all"]
-    lines += ["", f"Generated / real, all series: extra-outlier rate {FI.ratio(a, 'extra_outliers'):.2f}x "
-              f"({FI.ratio(a, 'extra_outliers', True):.2f}x by the second method), event size "
+
+    def times(second: bool) -> str:  # a rate whose real value is 0 has no ratio: say both
+        d = a["extra_outliers"]["second"] if second else a["extra_outliers"]
+        return f"{d['generated'] / d['real']:.2f}x" if d["real"] else f"{d['generated']:.1%} where real has none"
+
+    lines += ["", f"Generated / real, all series: extra-outlier rate {times(False)} "
+              f"({times(True)} by the second method), event size "
               f"{FI.ratio(a, 'event_size'):.2f}x ({FI.ratio(a, 'event_size', True):.2f}x), cycle amplitude "
               f"{FI.ratio(a, 'amplitude'):.2f}x ({FI.ratio(a, 'amplitude', True):.2f}x).", "",
               "![fidelity](fidelity.png)", ""]
