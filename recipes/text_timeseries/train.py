@@ -108,6 +108,8 @@ def setup(c: TTSConfig, run_dir: Path, data=None) -> TrainJob:
             test.save(Path(run_dir) / TEST_FILE)
 
     summary = (f"data {d.source}: {len(train)} training pairs"
-               + (f", {len(test)} held out" if test is not None else "")
+               + (f", {len(test) - test.groups.count('seen')} held out" if test is not None else "")
+               + (f" (+{test.groups.count('seen')} training pairs evaluated beside them)"
+                  if test is not None and "seen" in test.groups else "")
                + f", series {train.values.shape[1]} x {train.values.shape[2]}")
     return TrainJob(model, examples, collate, summary, save)
