@@ -82,11 +82,13 @@ def fidelity_plot(res: dict, props, path: Path) -> Path:
             bins = np.arange(-0.5, max(both.max(), 1) + 1.5)
         else:
             bins = np.linspace(both.min(), both.max(), 30) if len(both) else 10
-        for who, colour in (("real", "black"), ("generated", "tab:blue")):
-            ax.hist(vals[who], bins=bins, histtype="step", lw=1.4, color=colour, density=True,
-                    label=f"{who} (median {np.median(vals[who]) if len(vals[who]) else float('nan'):.2f})")
-        ax.set_title(title, fontsize=8)
-        ax.legend(fontsize=6)
+        drawn = [who for who in ("real", "generated") if len(vals[who])]  # none: e.g. real data without spikes
+        for who in drawn:
+            ax.hist(vals[who], bins=bins, histtype="step", lw=1.4, color={"real": "black"}.get(who, "tab:blue"),
+                    density=True, label=f"{who} (median {np.median(vals[who]):.2f})")
+        ax.set_title(title if drawn else f"{title}: none", fontsize=8)
+        if drawn:
+            ax.legend(fontsize=6)
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
