@@ -25,6 +25,7 @@ import numpy as np
 
 from common import print_json, print_table
 from fusion_core.diffusion import Guidance
+from fusion_core.recipes.text_timeseries import estimator as E
 from fusion_core.recipes.text_timeseries import fidelity as FI
 from fusion_core.recipes.text_timeseries import properties as P
 from fusion_core.recipes.text_timeseries.evaluate import text_to_series
@@ -98,7 +99,7 @@ def main() -> None:
             t0 = time.time()
             fake = text_to_series(model, cfg, test.captions, shape, c.eval.seed + 1000 * seed)
             seconds = time.time() - t0
-            acc = {gname: P.accuracy([test.properties[i] for i in idx], P.estimate(fake[idx], c.data.family))
+            acc = {gname: P.accuracy([test.properties[i] for i in idx], E.estimate(fake[idx], c.data.family))
                    for gname, idx in rows_of.items()}
             rows.append(fidelity_row(text, fake[rows_of["seen"]], acc, seconds, seed))
             print(rows[-1], flush=True)

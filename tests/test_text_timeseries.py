@@ -12,6 +12,7 @@ from fusion_core.engine.config import to_object
 from fusion_core.engine.recipe import get_recipe, read_train_time
 from fusion_core.recipes.text_timeseries import captions as C
 from fusion_core.recipes.text_timeseries import data as D
+from fusion_core.recipes.text_timeseries import estimator as E
 from fusion_core.recipes.text_timeseries import fidelity as FI
 from fusion_core.recipes.text_timeseries import properties as P
 from fusion_core.recipes.text_timeseries.train import MODALITY, build_model, encode_pair, load_pairs
@@ -31,7 +32,7 @@ def test_estimators_recover_every_property_of_clean_series_exactly(monkeypatch, 
     monkeypatch.setattr(P, "SIGMA", {"low": (0.0, 0.0), "high": (0.0, 0.0)})
     combos = _all_combinations(4)
     drawn = P.generate(combos, 64, features, seed=features)
-    measured = P.estimate(drawn.values)
+    measured = E.estimate(drawn.values)
     # without noise every series is "low"; the other three properties come back exactly
     assert [m._replace(noise="-") for m in measured] == [c._replace(noise="-") for c in combos]
     assert {m.noise for m in measured} == {"low"}
@@ -40,29 +41,29 @@ def test_estimators_recover_every_property_of_clean_series_exactly(monkeypatch, 
 @pytest.mark.parametrize("features", [1, 2])
 def test_estimators_under_the_generators_noise_err_on_under_half_a_percent(features):
     drawn = P.draw(3000, P.ALL_COMBINATIONS, 64, features, seed=11)
-    acc = P.accuracy(drawn.properties, P.estimate(drawn.values))
+    acc = P.accuracy(drawn.properties, E.estimate(drawn.values))
     assert min(acc.values()) >= 0.995, acc
 
 
 def test_estimators_find_nothing_in_pure_noise_and_reject_bad_series():
     x = np.random.default_rng(0).standard_normal((500, 64, 1)) * 0.25
-    measured = P.estimate(x)
+    measured = E.estimate(x)
     assert np.mean([m.season == 0 for m in measured]) >= 0.99
     assert np.mean([m.event == "none" for m in measured]) >= 0.99
     assert {m.trend for m in measured} == {"flat"} and {m.noise for m in measured} == {"high"}
-    assert P.estimate(np.arange(64.0) / 63 * 2) == [P.Properties("rising", 0, "low", "none")]  # (L,) works
+    assert E.estimate(np.arange(64.0) / 63 * 2) == [P.Properties("rising", 0, "low", "none")]  # (L,) works
     bad = np.zeros((2, 64, 1))
     bad[1, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        P.estimate(bad)
+        E.estimate(bad)
     with pytest.raises(ValueError, match="length must be >= 32"):
-        P.estimate(np.zeros((2, 16, 1)))
+        E.estimate(np.zeros((2, 16, 1)))
 
 
 def test_event_positions_follow_the_stated_thirds():
     combos = [P.Properties("flat", 0, "low", f"{k}@{w}") for k in ("spike", "shift") for w in P.WHERES] * 20
     drawn = P.generate(combos, 64, 1, seed=3)
-    assert [m.event for m in P.estimate(drawn.values)] == [c.event for c in combos]
+    assert [m.event for m in E.estimate(drawn.values)] == [c.event for c in combos]
 
 
 # -- the wide family: what captions leave open (#28) -----------------------------------------------
@@ -87,7 +88,7 @@ def test_the_wide_estimator_recovers_every_property_of_clean_wide_series_exactly
     monkeypatch.setattr(P, "SIGMA", {"low": (0.0, 0.0), "high": (0.0, 0.0)})
     combos = _all_combinations(3)
     drawn = P.generate(combos, 64, features, seed=features, family="wide")
-    assert [m._replace(noise="-") for m in P.estimate(drawn.values, "wide")] == [c._replace(noise="-") for c in combos]
+    assert [m._replace(noise="-") for m in E.estimate(drawn.values, "wide")] == [c._replace(noise="-") for c in combos]
 
 
 def test_the_wide_family_has_harmonics_and_correlated_noise_that_the_basic_one_lacks(monkeypatch):
@@ -98,7 +99,7 @@ def test_the_wide_family_has_harmonics_and_correlated_noise_that_the_basic_one_l
     with monkeypatch.context() as m:
         m.setattr(P, "SIGMA", {"low": (0.0, 0.0), "high": (0.0, 0.0)})
         x = P.generate(combos, 64, 1, seed=0, family="wide").values[:, :, 0].astype(np.float64)
-    X = P._raw_design(64, 12, "none", -1, poly=3, harmonics=2)
+    X = E._raw_design(64, 12, "none", -1, poly=3, harmonics=2)
     coef = np.linalg.lstsq(X, x.T, rcond=None)[0]
     share = np.hypot(coef[6], coef[7]) / np.hypot(coef[4], coef[5])
     assert share.max() <= 0.5 + 1e-6 and 0.18 < np.median(share) < 0.32
@@ -115,12 +116,12 @@ def test_the_wide_estimator_under_the_wide_familys_noise(features, least):
     noise's level on ~17% (the steps of AR(1) noise vary less than white noise's): the wide one
     corrects for it."""
     drawn = P.draw(1500, P.ALL_COMBINATIONS, 64, features, seed=11, family="wide")
-    acc = P.accuracy(drawn.properties, P.estimate(drawn.values, "wide"))
+    acc = P.accuracy(drawn.properties, E.estimate(drawn.values, "wide"))
     assert acc["all"] >= least and acc["noise"] >= 0.99, acc
     if features == 1:
-        assert P.accuracy(drawn.properties, P.estimate(drawn.values))["noise"] < 0.9
+        assert P.accuracy(drawn.properties, E.estimate(drawn.values))["noise"] < 0.9
     basic = P.draw(1500, P.ALL_COMBINATIONS, 64, features, seed=12)  # the wide estimator reads basic series too
-    assert P.accuracy(basic.properties, P.estimate(basic.values, "wide"))["all"] >= 0.99
+    assert P.accuracy(basic.properties, E.estimate(basic.values, "wide"))["all"] >= 0.99
 
 
 def test_fidelity_with_the_wide_model_measures_the_fundamentals_amplitude(monkeypatch):
@@ -208,7 +209,7 @@ def test_real_windows_are_captioned_truthfully(recipe):
     train, test = D.real(c.data, 0)
     assert len(train) > 100 and len(test) > 20
     for pairs in (train, test):
-        assert [C.parsed_properties(t) for t in pairs.captions] == P.estimate(pairs.values)
+        assert [C.parsed_properties(t) for t in pairs.captions] == E.estimate(pairs.values)
         np.testing.assert_allclose(pairs.values.mean(1), 0, atol=1e-4)  # standardized per window
 
 

@@ -29,6 +29,7 @@ from fusion_core.engine.inputs import as_records
 from fusion_core.validation import numeric_array
 
 from . import captions as C
+from . import estimator as E
 from . import properties as P
 
 # name → (load_series source, column, steps averaged into one)
@@ -129,7 +130,7 @@ def _windows(x: np.ndarray, length: int, stride: int) -> np.ndarray:
 
 
 def _caption_measured(values: np.ndarray, seed: int, family: str = "basic") -> Pairs:
-    return captioned(values, P.estimate(values, family), seed)
+    return captioned(values, E.estimate(values, family), seed)
 
 
 # -- your pairs --------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """``fusion evaluate RUN_DIR``: both directions and text-conditioned forecasting, measured by the
-estimators of :mod:`.properties`.
+estimators of :mod:`.estimator`.
 
 - **text → series**: a series from each test caption (CFG, ``eval.sample``); each generated
   series' properties measured and compared with the caption's — per property and all four at
@@ -35,6 +35,7 @@ from fusion_core.engine.recipe import machine_description, parse_command, setup_
 
 from ..timeseries.metrics import discriminative_score
 from . import captions as C
+from . import estimator as E
 from . import fidelity as FI
 from . import properties as P
 from .captions import parse
@@ -140,22 +141,22 @@ def evaluate_pairs(model: FusionModel, c: TTSConfig, test: Pairs, out_dir: Path)
         for g in groups:
             rows = [i for i, gi in enumerate(test.groups) if gi == g]
             truth = [test.properties[i] for i in rows]
-            res["text_to_series"][g] = P.accuracy(truth, P.estimate(fake[rows], fam))
+            res["text_to_series"][g] = P.accuracy(truth, E.estimate(fake[rows], fam))
             res["series_to_text"][g] = P.accuracy(truth, [parse(caps[i]) for i in rows])
         n = min(e.forecasts, len(first))
         if n and e.history < shape[0]:  # eval.forecasts=0: none
             part = first.subset(range(n))
             with_caption, alone = forecasts(model, c, part)
             res["forecast"] = {"history": e.history, "n": n,
-                               "with_caption": P.accuracy(part.properties, P.estimate(with_caption, fam)),
-                               "alone": P.accuracy(part.properties, P.estimate(alone, fam))}
+                               "with_caption": P.accuracy(part.properties, E.estimate(with_caption, fam)),
+                               "alone": P.accuracy(part.properties, E.estimate(alone, fam))}
             late = [i for i, p in enumerate(part.properties) if p.event_where == "end"]
             if late:  # events after the history: only the caption knows them
                 res["forecast"]["late_events"] = {
                     "n": len(late),
                     "with_caption": P.accuracy([part.properties[i] for i in late],
-                                               P.estimate(with_caption[late], fam))["event"],
-                    "alone": P.accuracy([part.properties[i] for i in late], P.estimate(alone[late], fam))["event"]}
+                                               E.estimate(with_caption[late], fam))["event"],
+                    "alone": P.accuracy([part.properties[i] for i in late], E.estimate(alone[late], fam))["event"]}
             forecast_plot(part, with_caption, alone, e.history, out_dir / "forecasts.png")
     grid = first.subset(range(min(e.grid, len(first))))
     triple = [cap for cap in grid.captions for _ in range(3)]

@@ -14,7 +14,7 @@ a cubic trend and the cycle with its second harmonic), and from the fit:
 - **event size**: the fitted spike height or shift size (absolute, mean over channels);
 - **cycle amplitude**: ``sqrt(a^2 + b^2)`` of the fitted sine/cosine pair (the fundamental's);
 - **residual autocorrelation**: lag-1 autocorrelation of the residual (white noise: ~0), and
-  the residual's noise level (:func:`.properties.noise_level`).
+  the residual's noise level (:func:`.estimator.noise_level`).
 
 Each measure has a second, independent estimate (:func:`second_opinion`), so a blind spot shared
 by the fit and the generator shows up as a disagreement rather than as a good score:
@@ -45,7 +45,9 @@ from typing import Sequence
 
 import numpy as np
 
+from . import estimator as E
 from . import properties as P
+from .estimator import acf1
 
 OUTLIER_Z = 5.0  # robust z-score of a residual point counted as an outlier (Gaussian: p ~ 6e-7 a point)
 LOCAL_HALF = 2  # the second method's neighbourhood: 2 steps each side
@@ -71,8 +73,8 @@ class Fidelity:
 
 
 def _where_range(where: str, L: int) -> range:
-    """Event positions the estimator calls ``where`` (:data:`.properties.WHERE_EDGES`)."""
-    a, b = P.WHERE_EDGES
+    """Event positions the estimator calls ``where`` (:data:`.estimator.WHERE_EDGES`)."""
+    a, b = E.WHERE_EDGES
     lo, hi = {"start": (0.0, a), "middle": (a, b), "end": (b, 1.0)}[where]
     first = max(int(np.ceil(lo * L)), 2)
     last = min(int(np.ceil(hi * L)), L - 1)
@@ -86,7 +88,7 @@ def _fit(y: np.ndarray, p: P.Properties, poly: int = 1, harmonics: int = 1):
     candidates = [-1] if kind == "none" else list(_where_range(p.event_where, L))
     best = None
     for at in candidates:
-        X = P._raw_design(L, p.season, kind if at >= 0 else "none", at, poly, harmonics)
+        X = E._raw_design(L, p.season, kind if at >= 0 else "none", at, poly, harmonics)
         coef, *_ = np.linalg.lstsq(X, y, rcond=None)
         rss = float(((y - X @ coef) ** 2).sum())
         if best is None or rss < best[0]:
@@ -110,7 +112,7 @@ def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic")
         ValueError: shapes that disagree, NaN/inf values, an unknown family.
     """
     P.check_family(family)
-    poly, harmonics = P._shape(family != "basic")
+    poly, harmonics = E._shape(family != "basic")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 3 or len(x) != len(props):
         raise ValueError(f"need series (N, L, F) and N properties, got {x.shape} and {len(props)}")
@@ -136,15 +138,8 @@ def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic")
         if p.season:
             out["amplitude"][s] = float(np.hypot(coef[poly + 1], coef[poly + 2]).mean())
         out["resid_acf1"][s] = float(np.mean([acf1(r[:, f]) for f in range(F)]))
-        out["noise"][s] = P.noise_level(r)
+        out["noise"][s] = E.noise_level(r)
     return Fidelity(**out, event_at=at_all, resid=resid, fitted=fitted)
-
-
-def acf1(r: np.ndarray) -> float:
-    """Lag-1 sample autocorrelation of a 1-D residual (0 for a constant one)."""
-    r = r - r.mean()
-    d = float((r * r).sum())
-    return float((r[1:] * r[:-1]).sum() / d) if d > 0 else 0.0
 
 
 def acf1_spectral(r: np.ndarray) -> float:

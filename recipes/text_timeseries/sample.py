@@ -20,7 +20,7 @@ from fusion_core import generation as gen
 from fusion_core.engine.recipe import load_model, parse_command
 
 from .data import Pairs, check_pair
-from .properties import estimate
+from .estimator import estimate
 from .report import series_grid
 from .train import MODALITY
 
