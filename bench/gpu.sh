@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared device run (a GPU is lent for minutes, so everything is in one script with hard
-# time limits). Logs go to $OUT. Sections, chosen by the arguments (default: mm ts tsb):
+# time limits). Logs go to $OUT. Sections, chosen by the arguments (default: mm launch lmce, < 8 min):
 #   check  CUDA correctness: flex vs SDPA gradients, compiled blocks vs eager (gpu_check.py)
 #   attn   attention benchmark (attention.py)
 #   mm     training throughput at rows of 4096, alone on the GPU: the 0.16B preset (bare loop, SDPA
@@ -9,6 +9,11 @@
 #          GPU: runs/sine100 with DPM-Solver-50 (disc + LDS) and DDPM-1000 (disc), the fast-sampling
 #          target; runs/sine384 with disc + LDS (the full 2000-step classifiers)
 #   tsb    bench/timeseries.py compiled, ours vs the paper's architecture
+#   launch README command 1's job on the GPU (bench/ts_launch.py): Trainer steps eager / compiled /
+#          compiled with reduce-overhead (CUDA graphs), projected to 4000 steps; sampling 3000 series
+#          eager vs sample.cuda_graphs (goals: training <= 30 s, sampling <= 5 s)
+#   lmce   LM-head cross-entropy, plain vs chunked (bench/lm_loss.py), at the 0.76B width with a
+#          32 K and a 128 K vocabulary, 8192 scored positions (half of 4 rows of 4096)
 # Runs under ./runs (gitignored) are carried to the device by the caller.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -17,12 +22,12 @@ if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tm
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print(torch.__version__)" | tee -a "$OUT/gpu.txt"
-sections=${*:-mm ts tsb}
+sections=${*:-mm launch lmce}
 quiet() { grep -v -e Warning -e warn; }
 for s in $sections; do case $s in
   check) (cd bench && timeout 150 python3 gpu_check.py 2>&1 | quiet | tee "$OUT/gpu_check.log") ;;
   attn)  (cd bench && timeout 300 python3 attention.py --device cuda 2>&1 | quiet | tee "$OUT/attention_cuda.log") ;;
-  mm)    (cd bench && timeout 300 python3 multimodal.py --device cuda --only-cuda --rows 4 \
+  mm)    (cd bench && timeout 270 python3 multimodal.py --device cuda --only-cuda --rows 4 \
             --presets transfusion-0.16b transfusion-0.76b 2>&1 | quiet | tee "$OUT/multimodal_cuda.log") ;;
   ts)  # scores of runs trained on the CPU and carried here (runs/, gitignored), two jobs side by side
     ev() { local t=$1 log=$2; shift 2; timeout "$t" fusion evaluate "$@" eval.tsne=false > "$OUT/$log" 2>&1;
@@ -36,5 +41,8 @@ for s in $sections; do case $s in
     cat "$OUT"/ts_a.log "$OUT"/ts_b.log
     tar czf "$OUT/ts_runs.tgz" runs/*/eval*.json runs/*/report*.md runs/*/*.png --ignore-failed-read 2>/dev/null ;;
   tsb)   (cd bench && timeout 130 python3 timeseries.py --device cuda --compile 2>&1 | quiet | tee "$OUT/ts_bench_cuda.log") ;;
+  launch) (cd bench && timeout 140 python3 ts_launch.py --device cuda 2>&1 | quiet | tee "$OUT/ts_launch_cuda.log") ;;
+  lmce)  (cd bench && for v in 32768 131072; do timeout 30 python3 lm_loss.py --device cuda --rows 8192 --dim 1536 \
+            --vocab $v --chunk 2048 --iters 5 2>&1 | quiet; done | tee "$OUT/lm_loss_cuda.log") ;;
 esac; done
 ls -la "$OUT"

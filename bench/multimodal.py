@@ -170,11 +170,13 @@ def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False
     return row
 
 
-def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cuda"):
+def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cuda", workers=0):
     """The same through :class:`Trainer` (``train.compile``, bf16 autocast, collation of the
     examples in every step, per-example seeded noise, gradient clipping, the non-finite check
     on the device, EMA): what ``fusion run`` gets. Timed per step with a sync after each, as the
-    bare loop is; the Trainer itself syncs only when it logs."""
+    bare loop is; the Trainer itself syncs only when it logs. With ``workers``, the steps'
+    batches come from ``train.workers`` processes (pinned, copied without blocking), as ``fit``
+    takes them; without, each step collates in the loop."""
     import tempfile
 
     from fusion_core.engine.trainer import Trainer, TrainArgs
@@ -182,16 +184,18 @@ def trainer_throughput(preset_name, L, rows, attn, compiled, steps=8, device="cu
     device = torch.device(device)
     model, exs = _paper_size(preset_name, L, rows, attn, device)
     args = TrainArgs(steps=10**6, batch_size=len(exs), compile=compiled, progress=False,
-                     ema_decay=0.999, device=str(device))
+                     ema_decay=0.999, device=str(device), workers=workers)
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(model, exs, lambda m, ex, seeds: m.collate(ex, max_len=L, pack=True, seeds=seeds),
                           args, d)
         t0 = time.perf_counter()
-        first_loss = trainer._record(trainer.train_step())["loss"]  # reading it waits for the GPU
+        batches = trainer._steps()  # fit's source of batches: in the loop, or from the workers
+        first_loss = trainer._record(trainer.train_step(next(batches)))["loss"]  # reading it waits for the GPU
         first_s = time.perf_counter() - t0
-        ms = timeit(trainer.train_step, device, warmup=2, iters=steps)
+        ms = timeit(lambda: trainer.train_step(next(batches)), device, warmup=2, iters=steps)
     layout = model.collate(exs, max_len=L, pack=True).layout  # what each step trains on
-    return _row("Trainer", preset_name, attn, compiled, layout, first_loss, first_s, ms, model)
+    return _row(f"Trainer{f', {workers} workers' if workers else ''}", preset_name, attn, compiled, layout,
+                first_loss, first_s, ms, model)
 
 
 def _row(loop, preset_name, attn, compiled, layout, first_loss, first_s, ms, model):
@@ -224,6 +228,7 @@ def cuda_section(rows, profile, presets=("transfusion-0.16b",)):
         for compiled in (False, True):
             run(cuda_throughput, first, 4096, rows, attn, compiled, profile=profile and compiled and attn == "flex")
     run(trainer_throughput, first, 4096, rows, "flex", True)
+    run(trainer_throughput, first, 4096, rows, "flex", True, workers=2)
     run(cuda_throughput, first, 4096, 2 * rows, "flex", True)
     for name in presets[1:]:
         run(cuda_throughput, name, 4096, rows, "flex", True)

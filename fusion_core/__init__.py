@@ -22,7 +22,9 @@ from .diffusion import (DDIMSampler, DDPMSampler, DPMSolverSampler, GaussianDiff
                         classifier_free_guidance, make_sampler)
 from .generation import (Generated, SampleArgs, caption, forecast, generate, generate_span, impute,
                          interleave, sample, sample_long)
+from .graphs import GraphedCall
 from .layout import ModalitySpec, Placement, Segment, SequenceLayout, build_layout
+from .lm_loss import linear_cross_entropy
 from .masks import AttentionMask, attention_rule
 from .model import Batch, FusionModel, Item, LossOutput
 from .registry import build_adapter
@@ -31,10 +33,10 @@ from .engine import OptimArgs, Recipe, TrainArgs, Trainer, TrainJob, get_recipe,
 
 __all__ = [
     "Adapter", "AttentionMask", "BACKENDS", "BackendUnavailable", "Batch", "DDIMSampler", "DDPMSampler",
-    "DPMSolverSampler", "Embedded", "FusionModel", "GaussianDiffusion", "Generated", "Guidance", "Item", "KVCache",
+    "DPMSolverSampler", "Embedded", "FusionModel", "GaussianDiffusion", "Generated", "GraphedCall", "Guidance", "Item", "KVCache",
     "LossOutput", "ModalitySpec", "OptimArgs", "Placement", "Recipe", "SampleArgs", "Sampler", "Segment",
     "SequenceLayout", "TrainArgs", "TrainJob", "Trainer", "Transformer", "TransformerArgs", "attend",
     "attention_rule", "build_adapter", "build_layout", "caption", "classifier_free_guidance", "forecast",
-    "generate", "generate_span", "get_recipe", "impute", "interleave", "make_sampler", "preset",
+    "generate", "generate_span", "get_recipe", "impute", "interleave", "linear_cross_entropy", "make_sampler", "preset",
     "resolve_backend", "sample", "sample_long", "seed_everything",
 ]

@@ -189,6 +189,13 @@ class Adapter(nn.Module, ABC):
         pictures); return True if something was drawn. The default draws nothing."""
         return False
 
+    def head_linear(self) -> tuple[Tensor, Tensor | None] | None:
+        """Optional, discrete adapters: ``(weight (V, D), bias (V,) or None)`` when :meth:`head`
+        is exactly ``hidden @ weight.T + bias``; the training loss may then score positions in
+        chunks without the full logits (``train.lm_loss_chunk``, :mod:`fusion_core.lm_loss`).
+        The default, None, always goes through :meth:`head`."""
+        return None
+
     def drop_condition(self, payload: Tensor) -> Tensor:
         """Discrete adapters: the payload of a segment with its conditioning content removed,
         for classifier-free-guidance dropout (default: keep only the last token, which is the

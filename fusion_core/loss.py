@@ -20,6 +20,7 @@ from torch import Tensor
 from .adapter import Adapter
 from .batch import Batch, Item, LossOutput, move_tensors
 from .layout import SequenceLayout, cat_to_device, to_device
+from .lm_loss import linear_cross_entropy
 
 
 def _end_token(adapter: Adapter) -> int:
@@ -32,6 +33,8 @@ class TrainingLoss:
     """The loss of :class:`~fusion_core.model.FusionModel` (a mixin: it reads the model's
     ``adapters``, ``diffusion``, ``loss_weights``, ``fourier_weight``, ``device`` and
     ``_backbone``)."""
+
+    lm_loss_chunk: int = 0  # > 0: discrete heads with a head_linear() scored this many rows at a time
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None, **kwargs) -> LossOutput:
         """Same as :meth:`loss` (so DDP/FSDP wrappers see a forward call)."""
@@ -99,8 +102,12 @@ class TrainingLoss:
                 if counts[name] == 0:
                     continue
                 where, tgt = scored[name]
-                pred = a.head(out.reshape(-1, out.shape[-1]).index_select(0, where), None)
-                total = F.cross_entropy(pred.float(), tgt, reduction="sum")
+                hidden = out.reshape(-1, out.shape[-1]).index_select(0, where)  # N D
+                linear = a.head_linear() if self.lm_loss_chunk else None
+                if linear is not None:  # chunked: the (N, V) logits never exist at once
+                    total = linear_cross_entropy(hidden, *linear, tgt, chunk=self.lm_loss_chunk)
+                else:
+                    total = F.cross_entropy(a.head(hidden, None).float(), tgt, reduction="sum")
             else:
                 pred = [p.float() for p in a.head(layout.gather(out, name), emb)]  # the loss in float32
                 diff, tt = self.diffusion[name], steps[name]

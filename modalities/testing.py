@@ -300,6 +300,27 @@ class AdapterConformance(ABC):
             want = [tuple(p.shape) for p in payloads]
             fail_unless(got == want, 'shapes', 'embed/head', f"head returned predictions of shapes {got}, expected the payloads' {want}")
 
+    def test_head_linear_is_the_head(self):
+        """An adapter that declares ``head_linear`` is scored through that weight in chunked
+        training (``train.lm_loss_chunk``): it must be the map ``head`` applies."""
+        torch.manual_seed(0)
+        adapter = self.make_adapter(self.dim).eval()
+        linear = adapter.head_linear()
+        if linear is None:
+            return
+        fail_unless(adapter.kind == "discrete", "linear head", "head_linear",
+                    "only discrete adapters are scored by the next-token loss; return None")
+        weight, bias = linear
+        fail_unless(tuple(weight.shape) == (adapter.vocab_size, self.dim), "linear head", "head_linear",
+                    f"weight of shape {tuple(weight.shape)}, expected {(adapter.vocab_size, self.dim)}")
+        hidden = torch.randn(5, self.dim, device=self._device(adapter))
+        with torch.no_grad():
+            got = torch.nn.functional.linear(hidden, weight, bias)
+            want = self._outputs(adapter, None, hidden)[0]
+        fail_unless(torch.allclose(got, want, atol=1e-5, rtol=1e-4), "linear head", "head_linear",
+                    f"hidden @ weight.T + bias differs from head(hidden) by {_max_change(got, want):.3g}; "
+                    "head_linear must return the head's own map (or None)")
+
     def test_payloads_of_one_batch_never_mix(self):
         """In ``eval()`` and in ``train()`` mode (where batch statistics would mix payloads)."""
         torch.manual_seed(0)

@@ -247,6 +247,9 @@ class TextAdapter(Adapter):
     def head(self, hidden: Tensor, embedded: Embedded) -> Tensor:
         return self.lm_head(hidden)
 
+    def head_linear(self) -> tuple[Tensor, None]:
+        return self.lm_head.weight, None
+
     def decode(self, payload: Tensor) -> str:
         return self.tokenizer.decode([int(i) for i in payload.reshape(-1)])
 

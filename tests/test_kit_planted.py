@@ -82,6 +82,9 @@ class Letters(Adapter):
     def head(self, hidden, embedded):
         return self.out(hidden)
 
+    def head_linear(self):
+        return self.out.weight, self.out.bias
+
     def decode(self, payload):
         return "".join("ACGT"[i] for i in payload.tolist() if i < 4)
 
@@ -201,6 +204,11 @@ class DiscreteNoEnd(Letters):
         return torch.cat([ids, torch.tensor([4])])  # appends the end token to the content
 
 
+class LinearHeadNotTheHead(Letters):
+    def head(self, hidden, embedded):
+        return self.out(hidden) / 2  # a temperature the declared linear map does not have
+
+
 def _stroke(i: int) -> torch.Tensor:
     s = torch.linspace(0, 6.28 * (i + 1), 16)
     return torch.stack([torch.cos(s), torch.sin(s)], 1) * 0.3
@@ -259,6 +267,7 @@ PLANTED = {  # bug → a fragment the kit's message must contain (the check and 
     RandomEval: "[train/eval consistency] head",
     StateNotSaved: "head differs after a state_dict round trip",
     DiscreteNoEnd: "[end token] encode",
+    LinearHeadNotTheHead: "[linear head] head_linear",
 }
 
 

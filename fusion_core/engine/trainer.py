@@ -53,6 +53,7 @@ log = logging.getLogger("fusion_core")
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_STEPS = 10**9
 STRATEGIES = ("ddp", "fsdp")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -70,6 +71,13 @@ class TrainArgs:
     seed: int = 0
     deterministic: bool = False
     compile: bool = False  # compile each transformer block (Transformer.compile_blocks)
+    # torch.compile's mode for those blocks: "reduce-overhead" replays them as CUDA graphs (small
+    # models whose steps are launch-bound); "default" | "reduce-overhead" | "max-autotune" |
+    # "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
+    # next-token loss through a linear head (Adapter.head_linear) this many scored positions at a
+    # time, never holding the full (positions x vocabulary) logits (fusion_core.lm_loss); 0 = plain
+    lm_loss_chunk: int = 0
     # recompute each block's activations in the backward pass instead of keeping them: memory for
     # longer rows or larger models at about a third more compute
     activation_checkpointing: bool = False
@@ -85,12 +93,13 @@ class TrainArgs:
         for key in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "prefetch"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        if self.workers < 0:
-            raise ValueError(f"train.workers must be >= 0, got {self.workers}")
+        if self.workers < 0 or self.lm_loss_chunk < 0:
+            raise ValueError(f"train.workers and train.lm_loss_chunk must be >= 0, got {self.workers}, "
+                             f"{self.lm_loss_chunk}")
         if self.keep_last < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(f"need train.keep_last >= 0 and train.ema_decay in [0, 1), got "
                              f"{self.keep_last}, {self.ema_decay}")
-        for key, options in (("precision", PRECISIONS), ("strategy", STRATEGIES)):
+        for key, options in (("precision", PRECISIONS), ("strategy", STRATEGIES), ("compile_mode", COMPILE_MODES)):
             if getattr(self, key) not in options:
                 raise ValueError(f"train.{key} must be one of {options}, got {getattr(self, key)!r}")
         if self.steps > MAX_STEPS:
@@ -176,7 +185,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config_yaml = config_yaml
         if args.compile:
-            self.model.backbone.compile_blocks()
+            self.model.backbone.compile_blocks(**({} if args.compile_mode == "default" else {"mode": args.compile_mode}))
+        self.model.lm_loss_chunk = args.lm_loss_chunk
         self.model.backbone.activation_checkpointing = args.activation_checkpointing
         self.wrapped = wrap_model(self.model, self.info, args.strategy) if self.info.enabled else self.model
         # build the model with the same seed on every rank (FSDP shards, it does not broadcast);

@@ -27,6 +27,8 @@ class SampleArgs:
         top_k: sample text among the k likeliest tokens; 0 = all.
         max_new_tokens: tokens each row may write.
         chunk: spans drawn per batch (bounds memory).
+        cuda_graphs: replay the denoiser of prompt-less spans (the TransFusion model) as a CUDA
+            graph per chunk shape (:class:`~fusion_core.graphs.GraphedCall`); ignored off CUDA.
         cond_sampler, cond_steps, resample: forecasts, imputation and long series (RePaint):
             a one-step sampler, its steps, and how many times each step is drawn.
         seed: seeds every random draw.
@@ -43,6 +45,7 @@ class SampleArgs:
     top_k: int = 0
     max_new_tokens: int = 48
     chunk: int = 256
+    cuda_graphs: bool = False
     cond_sampler: str = "ddim"
     cond_steps: int = 25
     resample: int = 10

@@ -152,9 +152,10 @@ def check_batch_values(model: FusionModel, modality: str, values: Any, what: str
     return arr
 
 
-def check_progress(progress: Any) -> bool:
+def check_progress(progress: Any, what: str = "progress") -> bool:
+    """A True/False switch (``progress``, ``cuda_graphs``); anything else is a TypeError."""
     if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True or False, got {progress!r}")
+        raise TypeError(f"{what} must be True or False, got {progress!r}")
     return progress
 
 

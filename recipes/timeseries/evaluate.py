@@ -147,7 +147,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     shape = window_shape(c, splits)
     sampler = s.make(model.diffusion[MODALITY])
     t0 = time.time()
-    fake = gen.sample(model, MODALITY, e.n, shape, sampler, seed=e.seed, chunk=s.chunk, progress=e.progress).numpy()
+    fake = gen.sample(model, MODALITY, e.n, shape, sampler, seed=e.seed, chunk=s.chunk, progress=e.progress,
+                      cuda_graphs=s.cuda_graphs).numpy()
     sample_s = time.time() - t0
     suffix = f"-{a.tag}" if a.tag else ""  # a tagged evaluation keeps its own files: runs side by side
     np.save(run_dir / f"eval_samples{suffix}.npy", fake)

@@ -60,7 +60,7 @@ def sample(run_dir: Path, argv: list[str]) -> Path:
                                  seed=s.seed, chunk=s.chunk, progress=True).numpy()
     else:
         values = gen.sample(model, MODALITY, a.n, shape, s.make(diffusion), seed=s.seed, chunk=s.chunk,
-                            progress=True).numpy()
+                            progress=True, cuda_graphs=s.cuda_graphs).numpy()
     if tf != "none" and not (a.history or a.impute or a.increments):  # paths from the last training level
         values = from_increments(values, np.broadcast_to(splits.anchor, (len(values), shape[1])), tf)
     out = Path(run_dir) / a.out
