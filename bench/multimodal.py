@@ -132,15 +132,15 @@ def _paper_size(preset_name, L, rows, attn, device):
     return model, exs
 
 
-def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False, device="cuda"):
+def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False, device="cuda", mode="default"):
     """Training tokens/s of a bare loop (loss, backward, fused AdamW; bf16 autocast) over the
     examples collated once (as a data loader would hand them over; the attention mask is built
     in every step). ``first_loss`` compares compiled with eager."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     model, exs = _paper_size(preset_name, L, rows, attn, device)
-    if compiled:
-        model.backbone.compile_blocks()
+    if compiled:  # mode "reduce-overhead": each compiled block replayed as a CUDA graph
+        model.backbone.compile_blocks(**({} if mode == "default" else {"mode": mode}))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     batch = model.collate(exs, max_len=L, pack=True)
 
@@ -158,7 +158,8 @@ def cuda_throughput(preset_name, L, rows, attn, compiled, steps=8, profile=False
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     ms = timeit(step, device, warmup=2, iters=steps)
-    row = _row("bare", preset_name, attn, compiled, batch.layout, first_loss, first_s, ms, model)
+    row = _row("bare", preset_name, attn, compiled if mode == "default" else mode, batch.layout, first_loss,
+               first_s, ms, model)
     if profile:
         from torch.profiler import ProfilerActivity, profile as prof
 
@@ -209,10 +210,11 @@ def _row(loop, preset_name, attn, compiled, layout, first_loss, first_s, ms, mod
             "peak_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")}
 
 
-def cuda_section(rows, profile, presets=("transfusion-0.16b",)):
-    """The first preset at length 4096: SDPA and flex, eager and compiled blocks, in a bare loop;
-    then the fastest through the Trainer, and at twice the rows; each further preset (e.g. 0.76B)
-    bare and through the Trainer, flex and compiled."""
+def cuda_section(rows, profile, presets=("transfusion-0.16b",), all_rows=False):
+    """The first preset at length 4096, flex attention and compiled blocks: a bare loop (also with
+    the blocks replayed as CUDA graphs, ``reduce-overhead``), the Trainer collating in the loop
+    and with 2 workers, and the bare loop at twice the rows; each further preset (e.g. 0.76B) bare
+    and through the Trainer. ``all_rows`` adds SDPA and eager blocks in the bare loop."""
     out = []
 
     def run(fn, *args, **kw):
@@ -224,9 +226,10 @@ def cuda_section(rows, profile, presets=("transfusion-0.16b",)):
         torch.cuda.empty_cache()
 
     first = presets[0]
-    for attn in ("sdpa", "flex"):
-        for compiled in (False, True):
+    for attn in ("sdpa", "flex") if all_rows else ("flex",):
+        for compiled in (False, True) if all_rows else (True,):
             run(cuda_throughput, first, 4096, rows, attn, compiled, profile=profile and compiled and attn == "flex")
+    run(cuda_throughput, first, 4096, rows, "flex", True, mode="reduce-overhead")
     run(trainer_throughput, first, 4096, rows, "flex", True)
     run(trainer_throughput, first, 4096, rows, "flex", True, workers=2)
     run(cuda_throughput, first, 4096, 2 * rows, "flex", True)
@@ -248,6 +251,7 @@ def main():
     p.add_argument("--rows", type=int, default=4, help="CUDA section: packed rows of 4096 per step")
     p.add_argument("--profile", action="store_true", help="CUDA section: kernel table of one compiled flex step")
     p.add_argument("--only-cuda", action="store_true", help="skip the comparison and cached-step sections")
+    p.add_argument("--all-rows", action="store_true", help="CUDA section: also SDPA and eager blocks")
     p.add_argument("--presets", nargs="+", default=["transfusion-0.16b"],
                    help="CUDA section: backbone presets (the first gets the full set of rows)")
     a = p.parse_args()
@@ -256,7 +260,7 @@ def main():
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     if cuda and a.only_cuda:
-        big = cuda_section(a.rows, a.profile, a.presets)
+        big = cuda_section(a.rows, a.profile, a.presets, a.all_rows)
         print_json("multimodal_cuda", big, device=torch.cuda.get_device_name())
         return
     train = train_throughput(device, a.dim, a.depth, a.heads, batch=16 if cuda else 4, text_len=64,
@@ -268,7 +272,7 @@ def main():
     # the 0.16B preset's (768 wide; the ratio does not depend on depth)
     steps = cached_step(device, a.dim, a.depth, a.heads, side=32) + cached_step(device, 768, 2, 12, side=32)
     print_table(steps, "one diffusion step of a 256-patch image against a KV-cached prompt")
-    big = cuda_section(a.rows, a.profile, a.presets) if cuda else []
+    big = cuda_section(a.rows, a.profile, a.presets, a.all_rows) if cuda else []
     print_json("multimodal", train + steps + big, device=str(device), train_ratio=ratio)
 
 
