@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import print_table  # noqa: E402
 
-from fusion_core.recipes.timeseries import metrics  # noqa: E402
+from fusion_core.recipes.timeseries import block_metrics, metrics  # noqa: E402
 from fusion_core.recipes.timeseries.data import sine  # noqa: E402
 
 
@@ -41,8 +41,8 @@ def main() -> None:
         p1 = [metrics.predictive_score(real, fake, "gru", a.pred_iters, 128, s) for s in seeds]
         before = time.perf_counter() - t0
         t0 = time.perf_counter()
-        d2 = metrics.discriminative_scores_gru(real, fake, seeds, a.disc_iters, 128)
-        p2 = metrics.predictive_scores_gru(real, fake, seeds, a.pred_iters, 128)
+        d2 = block_metrics.discriminative_scores_gru(real, fake, seeds, a.disc_iters, 128)
+        p2 = block_metrics.predictive_scores_gru(real, fake, seeds, a.pred_iters, 128)
         after = time.perf_counter() - t0
         rows.append({"threads": threads, "per repeat (s)": round(before, 1), "batched (s)": round(after, 1),
                      "ratio": round(after / before, 3), "max |score diff|": max(abs(x - y) for x, y in zip(d1 + p1, d2 + p2))})

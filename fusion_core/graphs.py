@@ -74,7 +74,7 @@ class GraphedCall:
         ValueError: ``max_graphs`` below 0.
 
     Example:
-        >>> denoise = GraphedCall(model.span_denoiser("timeseries"))  # doctest: +SKIP
+        >>> denoise = GraphedCall(model.span_denoiser(modality))  # doctest: +SKIP
         >>> pred = denoise(x_t, t)  # eager on the first call of a shape, replayed after
     """
 

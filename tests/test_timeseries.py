@@ -373,14 +373,14 @@ def test_batched_gru_metrics_are_the_per_seed_metrics():
     """The repeats of the GRU discriminative and predictive scores train as one block-diagonal
     model (#30): the same splits, initial weights and batches as one call per seed, so the same
     scores — checked against the per-seed implementation, a second method."""
-    from fusion_core.recipes.timeseries import metrics
+    from fusion_core.recipes.timeseries import block_metrics, metrics
 
     real = sine(200, 12, 3, seed=1)
     fake = sine(200, 12, 3, seed=2) * 0.8 + 0.1
     single = [metrics.discriminative_score(real, fake, "gru", 60, 32, s) for s in (3, 4)]
-    assert np.allclose(metrics.discriminative_scores_gru(real, fake, [3, 4], 60, 32), single, atol=1e-6)
+    assert np.allclose(block_metrics.discriminative_scores_gru(real, fake, [3, 4], 60, 32), single, atol=1e-6)
     single = [metrics.predictive_score(real, fake, "gru", 60, 32, s) for s in (3, 4)]
-    assert np.allclose(metrics.predictive_scores_gru(real, fake, [3, 4], 60, 32), single, rtol=1e-4)
+    assert np.allclose(block_metrics.predictive_scores_gru(real, fake, [3, 4], 60, 32), single, rtol=1e-4)
 
 
 TINY = ["train.steps=2", "train.batch_size=8", "train.ckpt_every=2", "model.dim=32", "model.n_layers=1",

@@ -24,7 +24,7 @@ from fusion_core import generation as gen
 from fusion_core.engine.recipe import machine_description, parse_command, setup_logging
 from fusion_core.engine.stats import mean_ci95
 
-from . import metrics, plots
+from . import block_metrics, metrics, plots
 from .config import ALL_METRICS, TSConfig, TSEvalArgs
 from .data import sine
 from .report import NAMES, sine_fit_text, write_report
@@ -53,8 +53,8 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
     }
     seeds = [seed + k for k in range(e.repeats)]
     batched = {  # the GRU metrics' repeats trained as one block model: the same nets, one run's launches
-        "disc": lambda: metrics.discriminative_scores_gru(r, f, seeds, e.disc_iters, e.batch, dev),
-        "pred": lambda: metrics.predictive_scores_gru(r, f, seeds, e.pred_iters, e.batch, dev),
+        "disc": lambda: block_metrics.discriminative_scores_gru(r, f, seeds, e.disc_iters, e.batch, dev),
+        "pred": lambda: block_metrics.predictive_scores_gru(r, f, seeds, e.pred_iters, e.batch, dev),
     }
     out, runs = {}, {}
     jobs = [(name, None) for name in e.metrics if name in batched]
