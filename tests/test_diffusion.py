@@ -113,6 +113,52 @@ def test_timestep_sampling_respects_per_sample_upper_bound():
     assert abs(t[1::2].double().mean().item() - 499.5) < 8
 
 
+def test_uniform_timesteps_are_the_unchanged_draw():
+    """The default law reproduces the old draw bit for bit: runs trained before ``t_sampling``
+    existed resume and repeat exactly."""
+    diff = GaussianDiffusion("cosine", 1000)
+    t = diff.sample_timesteps(1000, generator=torch.Generator().manual_seed(3))
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(t, (u * 1000).floor().long())
+
+
+@pytest.mark.parametrize("mean,std", [(0.0, 1.0), (-0.5, 0.7)])
+def test_logit_normal_timesteps_follow_their_closed_form_cdf(mean, std):
+    """P(t <= k) = P(u < (k + 1) / (max_t + 1)) = Phi((logit((k + 1) / (max_t + 1)) - mean) / std),
+    against the empirical CDF of 200,000 draws (Kolmogorov bound: 0.004 at p = 0.001)."""
+    diff = GaussianDiffusion("cosine", 1000, t_sampling="logit_normal", logit_mean=mean, logit_std=std)
+    for max_t in (None, 500):
+        n = 200_000
+        t = diff.sample_timesteps(n, max_t=max_t, generator=torch.Generator().manual_seed(0)).numpy()
+        hi = 999 if max_t is None else max_t
+        assert t.min() >= 0 and t.max() <= hi
+        k = np.arange(hi)  # P(t <= hi) = 1 trivially
+        q = (k + 1) / (hi + 1)
+        cdf = 0.5 * (1 + np.vectorize(math.erf)((np.log(q / (1 - q)) - mean) / (std * math.sqrt(2))))
+        emp = np.searchsorted(np.sort(t), k, side="right") / n
+        assert np.abs(emp - cdf).max() < 0.005
+    # mid-process heavy: the middle fifth gets more draws than uniform's 20%, each end less
+    t = GaussianDiffusion(t_sampling="logit_normal").sample_timesteps(100_000, generator=torch.Generator().manual_seed(1))
+    assert ((t >= 400) & (t < 600)).float().mean() > 0.28 and (t < 100).float().mean() < 0.05
+
+
+def test_t_sampling_config_round_trip_and_rejection():
+    diff = GaussianDiffusion("cosine", 1000, "v", t_sampling="logit_normal", logit_mean=0.3, logit_std=0.8)
+    back = GaussianDiffusion.from_config(diff.config())
+    assert back == diff and back.t_sampling == "logit_normal" and back.logit_std == 0.8
+    assert back != GaussianDiffusion("cosine", 1000, "v")
+    # parameters of a law not in use do not make two processes differ
+    assert GaussianDiffusion(logit_std=2.0) == GaussianDiffusion()
+    # a config saved before t_sampling existed loads with the uniform law
+    old = {k: v for k, v in GaussianDiffusion().config().items() if k not in ("t_sampling", "logit_mean", "logit_std")}
+    assert GaussianDiffusion.from_config(old).t_sampling == "uniform"
+    for bad, match in [({"t_sampling": "lognormal"}, "t_sampling must be one of"),
+                       ({"logit_std": 0.0}, "logit_std must be a finite number > 0"),
+                       ({"logit_mean": float("nan")}, "logit_mean must be a finite number")]:
+        with pytest.raises(ValueError, match=match):
+            GaussianDiffusion(**bad)
+
+
 def test_min_snr_weights():
     for pred, expect in [("eps", lambda snr: min(snr, 5) / snr), ("x0", lambda snr: min(snr, 5)),
                          ("v", lambda snr: min(snr, 5) / (snr + 1))]:

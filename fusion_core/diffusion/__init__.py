@@ -6,7 +6,7 @@ Nothing here imports a model; samplers take any ``denoise(x_t, t) -> prediction`
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
 from .dpm_solver import DPMSolverSampler
-from .gaussian import PREDICTIONS, WEIGHTINGS, Denoiser, GaussianDiffusion
+from .gaussian import PREDICTIONS, T_SAMPLINGS, WEIGHTINGS, Denoiser, GaussianDiffusion
 from .guidance import Guidance, batched_pair, classifier_free_guidance
 from .respacing import respace
 from .sampler import Sampler, StepOutput
@@ -28,6 +28,6 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, steps: int | None = No
 
 __all__ = [
     "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Denoiser", "GaussianDiffusion", "Guidance",
-    "PREDICTIONS", "SAMPLERS", "SCHEDULES", "Sampler", "StepOutput", "WEIGHTINGS",
+    "PREDICTIONS", "SAMPLERS", "SCHEDULES", "Sampler", "StepOutput", "T_SAMPLINGS", "WEIGHTINGS",
     "batched_pair", "classifier_free_guidance", "make_sampler", "make_schedule", "respace",
 ]

@@ -22,6 +22,7 @@ from .schedules import make_schedule
 PREDICTIONS = ("eps", "x0", "v")
 MAX_T = 100_000  # diffusion steps (the papers use 1000)
 WEIGHTINGS = ("uniform", "min_snr")
+T_SAMPLINGS = ("uniform", "logit_normal")
 
 #: ``denoise(x_t, t) -> prediction``: ``x_t`` any shape ``(B, ...)``, ``t`` ``(B,)`` long.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -43,20 +44,33 @@ class GaussianDiffusion:
         weighting: per-sample loss weight, ``"uniform"`` (the papers') or ``"min_snr"``
             (Hang et al. 2023, with ``snr_gamma``); see :meth:`loss_weight`.
         snr_gamma: the SNR clip of ``min_snr``.
+        t_sampling: how training draws each span's step: ``"uniform"`` over ``[0, max_t]`` (the
+            papers') or ``"logit_normal"`` (Esser et al. 2024, SD3): ``t / T = sigmoid(n)``
+            with ``n ~ N(logit_mean, logit_std^2)`` — more of the training signal on the middle
+            of the process, where a sample's layout is decided, less on its ends; see
+            :meth:`sample_timesteps`.
+        logit_mean, logit_std: the ``logit_normal`` parameters.
 
     Raises:
-        ValueError: an unknown prediction, weighting or schedule; ``T`` outside ``[1, 100000]``;
-            a schedule table that is not decreasing in (0, 1]; ``snr_gamma <= 0``.
+        ValueError: an unknown prediction, weighting, schedule or t_sampling; ``T`` outside
+            ``[1, 100000]``; a schedule table that is not decreasing in (0, 1]; ``snr_gamma <= 0``;
+            ``logit_std <= 0`` or a non-finite ``logit_mean``.
     """
 
     def __init__(self, schedule: str | np.ndarray = "cosine", T: int = 1000, prediction: str = "eps",
-                 weighting: str = "uniform", snr_gamma: float = 5.0):
+                 weighting: str = "uniform", snr_gamma: float = 5.0, t_sampling: str = "uniform",
+                 logit_mean: float = 0.0, logit_std: float = 1.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not (isinstance(snr_gamma, (int, float)) and np.isfinite(snr_gamma) and snr_gamma > 0):
             raise ValueError(f"snr_gamma must be a finite number > 0, got {snr_gamma!r}")
+        if t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
+        for key, v, low in (("logit_mean", logit_mean, -np.inf), ("logit_std", logit_std, 0.0)):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > low):
+                raise ValueError(f"{key} must be a finite number{' > 0' if low == 0 else ''}, got {v!r}")
         if isinstance(schedule, str) and not (isinstance(T, int) and not isinstance(T, bool) and 1 <= T <= MAX_T):
             raise ValueError(f"T must be an integer in [1, {MAX_T}], got {T!r}")
         if not isinstance(schedule, str) and np.size(schedule) > MAX_T:
@@ -66,6 +80,7 @@ class GaussianDiffusion:
             raise ValueError("alphas_cumprod must be a decreasing 1-D array in (0, 1]")
         self.schedule = schedule if isinstance(schedule, str) else "custom"
         self.prediction, self.weighting, self.snr_gamma = prediction, weighting, float(snr_gamma)
+        self.t_sampling, self.logit_mean, self.logit_std = t_sampling, float(logit_mean), float(logit_std)
         self.alphas_cumprod = torch.from_numpy(ac)  # float64, (T,)
         self.T = len(ac)
         self.sqrt_ac = self.alphas_cumprod.sqrt()
@@ -76,7 +91,8 @@ class GaussianDiffusion:
         """JSON-able arguments that rebuild this process (a custom schedule as its table)."""
         schedule = self.schedule if self.schedule != "custom" else self.alphas_cumprod.tolist()
         return {"schedule": schedule, "T": self.T, "prediction": self.prediction,
-                "weighting": self.weighting, "snr_gamma": self.snr_gamma}
+                "weighting": self.weighting, "snr_gamma": self.snr_gamma, "t_sampling": self.t_sampling,
+                "logit_mean": self.logit_mean, "logit_std": self.logit_std}
 
     @classmethod
     def from_config(cls, config: dict) -> "GaussianDiffusion":
@@ -87,7 +103,7 @@ class GaussianDiffusion:
         """
         if not isinstance(config, dict):
             raise ValueError(f"a diffusion config is a mapping, got {type(config).__name__}")
-        known = {"schedule", "T", "prediction", "weighting", "snr_gamma"}
+        known = {"schedule", "T", "prediction", "weighting", "snr_gamma", "t_sampling", "logit_mean", "logit_std"}
         if set(config) - known:
             raise ValueError(f"unknown diffusion config keys {sorted(set(config) - known)}; known: {sorted(known)}")
         kw = dict(config)
@@ -103,7 +119,12 @@ class GaussianDiffusion:
         if not isinstance(other, GaussianDiffusion):
             return NotImplemented
         return (self.prediction == other.prediction and self.T == other.T and self.weighting == other.weighting
-                and self.snr_gamma == other.snr_gamma and torch.equal(self.alphas_cumprod, other.alphas_cumprod))
+                and self.snr_gamma == other.snr_gamma and self._t_law() == other._t_law()
+                and torch.equal(self.alphas_cumprod, other.alphas_cumprod))
+
+    def _t_law(self) -> tuple:
+        """The training step distribution (its parameters only where they matter)."""
+        return ("uniform",) if self.t_sampling == "uniform" else (self.t_sampling, self.logit_mean, self.logit_std)
 
     __hash__ = None  # mutable tables: compared by value, not hashed
 
@@ -171,12 +192,18 @@ class GaussianDiffusion:
     # -- training --------------------------------------------------------------------------
     def sample_timesteps(self, n: int, max_t: Tensor | int | None = None, generator=None,
                          device=None) -> Tensor:
-        """Uniform ``t`` in ``[0, max_t]`` (inclusive) per sample; ``max_t`` defaults to ``T - 1``.
+        """A step ``t`` in ``[0, max_t]`` (inclusive) per sample; ``max_t`` defaults to ``T - 1``.
+        ``t = floor(u (max_t + 1))`` with ``u`` uniform in [0, 1) or, for ``logit_normal``,
+        ``u = sigmoid(n)``, ``n ~ N(logit_mean, logit_std^2)``.
 
         ``max_t`` can be a ``(n,)`` tensor: Transfusion's noise limiting caps ``t <= 500`` only for
         images that precede their caption.
         """
-        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        if self.t_sampling == "logit_normal":
+            z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+            u = torch.sigmoid(z * self.logit_std + self.logit_mean)
+        else:
+            u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         hi = torch.full((n,), self.T - 1, dtype=torch.long, device=u.device)
         if max_t is not None:
             hi = torch.minimum(hi, torch.as_tensor(max_t, device=u.device).long().expand(n))

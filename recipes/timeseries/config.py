@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusion_core.diffusion import PREDICTIONS, SCHEDULES, WEIGHTINGS
+from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS
 from fusion_core.engine.config import check_at_least, check_choice
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
@@ -76,6 +76,9 @@ class TSModelArgs(TransformerArgs):
     T: int = 1000
     weighting: str = "uniform"  # uniform | min_snr
     snr_gamma: float = 5.0
+    t_sampling: str = "uniform"  # uniform | logit_normal (training steps; SD3's, mid-process heavy)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
     fourier_weight: float = 0.0
 
     def __post_init__(self):
@@ -86,6 +89,7 @@ class TSModelArgs(TransformerArgs):
         check_choice("model.prediction", self.prediction, PREDICTIONS)
         check_choice("model.schedule", self.schedule, SCHEDULES)
         check_choice("model.weighting", self.weighting, WEIGHTINGS)
+        check_choice("model.t_sampling", self.t_sampling, T_SAMPLINGS)
         if self.fourier_weight < 0:
             raise ValueError(f"model.fourier_weight must be >= 0, got {self.fourier_weight}")
 
