@@ -78,6 +78,7 @@ def main() -> None:
         else:
             row |= {"seen min": float("nan"), "seen all": float("nan"), "held-out min": float("nan")}
         row |= {"extra outliers": f["extra_outliers"]["generated"], "(2nd)": f["extra_outliers"]["second"]["generated"],
+                "away from event": f["extra_away"]["generated"],
                 "event x": FI.ratio(f, "event_size"), "event x (2nd)": FI.ratio(f, "event_size", True),
                 "amplitude x": FI.ratio(f, "amplitude"), "amplitude x (2nd)": FI.ratio(f, "amplitude", True),
                 "acf1": f["resid_acf1"]["generated"],

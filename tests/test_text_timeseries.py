@@ -385,6 +385,27 @@ def test_extra_outliers_found_by_the_fit_and_by_the_local_rule_alike():
         assert (a == b).mean() >= 0.9
 
 
+def test_extra_outliers_away_from_the_event_leave_a_ramped_shift_to_it():
+    """A level shift drawn over two steps (its first step halfway) is the described event in a shape
+    the fit lacks: the fit flags the halfway step as an extra outlier, the "away from the event"
+    count does not; a spike planted more than EVENT_REACH steps away is counted by both."""
+    x, props, sizes, _ = _planted(200, 11, event="shift@middle", season=0, sigma=0.05)
+    at = FI.measure(x, props).event_at
+    ramped = x.copy()
+    for s in range(len(x)):
+        ramped[s, at[s], 0] -= (ramped[s, at[s], 0] - ramped[s, at[s] - 1, 0]) / 2  # halfway up the step
+    fid = FI.measure(ramped, props)
+    assert (fid.extra_outliers > 0).mean() >= 0.9 and (fid.extra_away > 0).mean() <= 0.02
+    far = ramped.copy()
+    rng = np.random.default_rng(3)
+    for s in range(len(x)):
+        j = rng.choice([k for k in range(2, 62) if abs(k - at[s]) > FI.EVENT_REACH + 2])
+        far[s, j, 0] += rng.choice([-1, 1]) * rng.uniform(2, 3)
+    fid = FI.measure(far, props)
+    assert (fid.extra_away > 0).mean() >= 0.95
+    assert np.all(fid.extra_away <= fid.extra_outliers)
+
+
 @pytest.mark.parametrize("phi", [0.0, 0.5, 0.8])
 def test_residual_autocorrelation_of_ar1_noise_by_both_methods(phi):
     x, props, _, _ = _planted(300, 2, event="shift@middle", season=12, sigma=0.2, phi=phi)

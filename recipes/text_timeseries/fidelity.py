@@ -10,7 +10,10 @@ window, as the generator places it; for a family other than basic, the wide esti
 a cubic trend and the cycle with its second harmonic), and from the fit:
 
 - **extra outliers**: residual points whose robust z-score (median / MAD of that residual)
-  exceeds :data:`OUTLIER_Z` — spikes, dips or jumps the caption does not describe;
+  exceeds :data:`OUTLIER_Z` — spikes, dips or jumps the caption does not describe; and of
+  them, those **away from the event** (more than :data:`EVENT_REACH` steps from the fitted
+  event's position): a second event, rather than the described one drawn in a shape the fit
+  does not have (a level shift ramped over two steps leaves an outlier next to it);
 - **event size**: the fitted spike height or shift size (absolute, mean over channels);
 - **cycle amplitude**: ``sqrt(a^2 + b^2)`` of the fitted sine/cosine pair (the fundamental's);
 - **residual autocorrelation**: lag-1 autocorrelation of the residual (white noise: ~0), and
@@ -54,7 +57,8 @@ LOCAL_HALF = 2  # the second method's neighbourhood: 2 steps each side
 LOCAL_Z = 5.0
 EVENT_REACH = 2  # steps each side of a described event's position that the second method leaves to it
 LOCAL = 8  # steps each side for the local shift estimate
-MEASURES = ("extra_outliers", "event_size", "amplitude", "resid_acf1", "noise")
+MEASURES = ("extra_outliers", "extra_away", "event_size", "amplitude", "resid_acf1", "noise")
+RATES = ("extra_outliers", "extra_away")  # counts per series, reported as the share of series with any
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Fidelity:
     no event, no cycle)."""
 
     extra_outliers: np.ndarray  # count of residual outliers besides the described event
+    extra_away: np.ndarray  # of them, those more than EVENT_REACH steps from the event
     event_size: np.ndarray  # |spike height| or |shift size|, mean over channels
     amplitude: np.ndarray  # cycle amplitude, mean over channels
     resid_acf1: np.ndarray  # lag-1 autocorrelation of the residual, mean over channels
@@ -130,8 +135,11 @@ def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic")
         resid[s] = r
         keep = list(range(poly + 1)) + ([X.shape[1] - 1] if at >= 0 else [])  # trend and event columns
         fitted[s] = X[:, keep] @ coef[keep]
-        z = np.abs(robust_z(r))
-        out["extra_outliers"][s] = float((z > OUTLIER_Z).any(axis=1).sum())
+        flagged = (np.abs(robust_z(r)) > OUTLIER_Z).any(axis=1)
+        out["extra_outliers"][s] = float(flagged.sum())
+        if at >= 0:
+            flagged[max(at - EVENT_REACH, 0): at + EVENT_REACH + 1] = False
+        out["extra_away"][s] = float(flagged.sum())
         if at >= 0:
             out["event_size"][s] = float(np.abs(coef[-1]).mean())
             at_all[s] = at
@@ -231,7 +239,7 @@ def compare(real: np.ndarray, fake: np.ndarray, props: Sequence[P.Properties], f
         row = {"n": len(idx)}
         for name in MEASURES:
             a, b = getattr(fr, name)[idx], getattr(ff, name)[idx]
-            if name == "extra_outliers":
+            if name in RATES:
                 row[name] = {"real": float((a > 0).mean()), "generated": float((b > 0).mean())}
             else:
                 row[name] = {"real": _median(a), "generated": _median(b)}

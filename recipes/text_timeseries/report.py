@@ -97,7 +97,8 @@ def fidelity_plot(res: dict, props, path: Path) -> Path:
 
 
 def _fidelity_lines(f: dict) -> list[str]:
-    head = ("| caption group | n | series with extra outliers, real → generated (second method) | "
+    head = ("| caption group | n | series with extra outliers, real → generated (second method); of them away "
+            "from the event | "
             "event size (second) | cycle amplitude (second) | residual lag-1 acf | noise level | "
             "disc (real-vs-real floor) |")
     lines = ["**Fidelity: what the captions do not constrain** (generated vs real series with the same captions; "
@@ -112,6 +113,8 @@ def _fidelity_lines(f: dict) -> list[str]:
         cells = [g, str(row["n"])]
         for name, fmt in (("extra_outliers", pct), ("event_size", num), ("amplitude", num)):
             cells.append(f"{pair(row[name], fmt)} ({pair(row[name]['second'], fmt)})")
+        if "extra_away" in row:  # reports written before the measure existed lack it
+            cells[2] += f"; {pair(row['extra_away'], pct)}"
         cells += [pair(row["resid_acf1"], num), pair(row["noise"], num)]
         disc = row.get("disc")
         cells.append("–" if disc is None else f"{disc:.3f}" + (f" ({row['disc_floor']:.3f})" if "disc_floor" in row
