@@ -444,3 +444,23 @@ def test_fidelity_in_evaluation_scores_each_caption_group_against_its_real_floor
     assert "disc" in groups["all"] and "disc_floor" in groups["all"] and "floor" in out
     assert all(("disc" in row) == (row["n"] >= 16) for row in groups.values())
     assert (tmp_path / "fidelity.png").stat().st_size > 0
+
+
+def test_the_faithful_preset_is_the_quick_one_with_adaln_and_half_the_guidance():
+    """The two presets' results are compared in docs/results.md: they differ only where the
+    faithful one says it does, so a change to one that is not made to the other fails here."""
+    from omegaconf import OmegaConf
+
+    recipe = get_recipe("text_timeseries")
+    quick, faithful = (OmegaConf.to_container(recipe.load_config(p)) for p in ("quick", "faithful"))
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    a, b = flat(quick), flat(faithful)
+    assert {k for k in a if a[k] != b[k]} == {"model.timestep", "sample.guidance", "eval.sample.guidance"}
+    assert (b["model.timestep"], b["sample.guidance"], b["eval.sample.guidance"]) == ("adaln", 2.0, 2.0)
+    assert a["sample.guidance_interval"] == b["sample.guidance_interval"] == [0.0, 0.5]
