@@ -43,11 +43,10 @@ def main() -> None:
         seen.append((int(sampler.timesteps[i]), out.pred_x0.detach().float().clone()))
         return out
 
-    sampler.step = recording_step
+    sampler.step = recording_step  # one batch of n rows per step (guidance is combined before the step)
     drawn = P.draw(a.n, [p for p in P.ALL_COMBINATIONS if p.event_kind == "spike"], c.data.length, 1, seed=7)
     caps = [C.describe(p, random.Random(i)) for i, p in enumerate(drawn.properties)]
     fake = gen.generate_span(model, caps, MODALITY, (c.data.length, 1), sampler, s.guidance_args, seed=0).numpy()
-    seen = [(t, x) for t, x in seen if x.shape[0] == a.n]  # the guided rows (a CFG pair is one batch)
     fid = FI.measure(fake, drawn.properties)
     event, extra = [], []
     for k in range(a.n):

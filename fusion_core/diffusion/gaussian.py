@@ -87,6 +87,9 @@ class GaussianDiffusion:
         self.sqrt_1m_ac = (1 - self.alphas_cumprod).sqrt()
         self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
+    #: the constructor's arguments: what :meth:`config` writes and :meth:`from_args` reads
+    CONFIG_KEYS = ("schedule", "T", "prediction", "weighting", "snr_gamma", "t_sampling", "logit_mean", "logit_std")
+
     def config(self) -> dict:
         """JSON-able arguments that rebuild this process (a custom schedule as its table)."""
         schedule = self.schedule if self.schedule != "custom" else self.alphas_cumprod.tolist()
@@ -103,7 +106,7 @@ class GaussianDiffusion:
         """
         if not isinstance(config, dict):
             raise ValueError(f"a diffusion config is a mapping, got {type(config).__name__}")
-        known = {"schedule", "T", "prediction", "weighting", "snr_gamma", "t_sampling", "logit_mean", "logit_std"}
+        known = set(cls.CONFIG_KEYS)
         if set(config) - known:
             raise ValueError(f"unknown diffusion config keys {sorted(set(config) - known)}; known: {sorted(known)}")
         kw = dict(config)
@@ -113,6 +116,20 @@ class GaussianDiffusion:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"a schedule table must be a list of numbers ({e})") from None
         return cls(**kw)
+
+    @classmethod
+    def from_args(cls, args, where: str = "model") -> "GaussianDiffusion":
+        """The process named by the attributes of ``args`` that are :data:`CONFIG_KEYS` (a
+        recipe's model args: ``model.schedule``, ``model.t_sampling``, ...); the rest default.
+
+        Raises:
+            ValueError: what the constructor rejects, named as ``where.KEY`` (``model.logit_std
+                must be ...``), so a config's ``__post_init__`` can call it to check them.
+        """
+        try:
+            return cls(**{k: getattr(args, k) for k in cls.CONFIG_KEYS if hasattr(args, k)})
+        except ValueError as e:
+            raise ValueError(f"{where}.{e}") from None
 
     def __eq__(self, other) -> bool:
         """The same process: same schedule table, prediction and loss weighting."""

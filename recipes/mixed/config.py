@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS
+from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS, GaussianDiffusion
 from fusion_core.engine.config import check_choice, check_fraction
 from fusion_core.engine.trainer import OptimArgs, TrainArgs
 from fusion_core.generation import SampleArgs
@@ -19,7 +19,7 @@ from fusion_core.transformer import TransformerArgs
 SPEC_KEYS = ("class", "kwargs", "diffusion", "loss_weight")
 # the built-in data's modalities, when model.adapters names none
 BUILTIN_ADAPTERS = {"text": {"class": "text"}, "image": {"class": "image", "kwargs": {"channels": 1, "patch_size": 2}}}
-DIFFUSION_KEYS = ("prediction", "schedule", "T", "weighting", "snr_gamma", "t_sampling", "logit_mean", "logit_std")
+DIFFUSION_KEYS = GaussianDiffusion.CONFIG_KEYS
 
 
 def check_adapter_specs(adapters: dict[str, Any]) -> None:

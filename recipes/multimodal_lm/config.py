@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS
+from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS, GaussianDiffusion
 from fusion_core.engine.config import check_image_fits_row, check_choice, check_fraction
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.image import DESIGNS
@@ -82,6 +82,7 @@ class MMModelArgs(TransformerArgs):
         check_choice("model.prediction", self.prediction, PREDICTIONS)
         check_choice("model.weighting", self.weighting, WEIGHTINGS)
         check_choice("model.t_sampling", self.t_sampling, T_SAMPLINGS)
+        GaussianDiffusion.from_args(self)  # the rest of the constructor's checks, named model.KEY
         check_fraction("model.cond_dropout", self.cond_dropout, upper_open=True)
         if self.patch_size < 1 or self.T < 1 or self.diffusion_weight < 0:
             raise ValueError(f"need model.patch_size >= 1, model.T >= 1, model.diffusion_weight >= 0; got "

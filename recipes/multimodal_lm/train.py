@@ -36,8 +36,7 @@ def build_model(c: MMConfig) -> FusionModel:
     text = TextAdapter(m.dim, markers=("image",))
     image = ImageAdapter(m.dim, channels=c.data.channels, patch_size=m.patch_size, design=m.image_design,
                          unet_channels=m.unet_channels, attention=m.image_attention)
-    diffusion = GaussianDiffusion(m.schedule, m.T, m.prediction, m.weighting, m.snr_gamma, m.t_sampling,
-                                  m.logit_mean, m.logit_std)
+    diffusion = GaussianDiffusion.from_args(m)
     return FusionModel(backbone_args(m), [text, image], diffusion=diffusion,
                        diffusion_weight=m.diffusion_weight, cond_dropout=m.cond_dropout)
 

@@ -101,6 +101,11 @@ def _fit(y: np.ndarray, p: P.Properties, poly: int = 1, harmonics: int = 1):
     return best[1], best[2], best[3]
 
 
+def _leave_to_event(flagged: np.ndarray, at: int) -> None:
+    """Unflag, in place, the steps within :data:`EVENT_REACH` of the described event at ``at``."""
+    flagged[max(at - EVENT_REACH, 0): at + EVENT_REACH + 1] = False
+
+
 def robust_z(r: np.ndarray) -> np.ndarray:
     """``(r - median) / (1.4826 MAD)`` along axis 0 (per channel); a zero MAD counts as tiny."""
     med = np.median(r, axis=0, keepdims=True)
@@ -138,11 +143,10 @@ def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic")
         flagged = (np.abs(robust_z(r)) > OUTLIER_Z).any(axis=1)
         out["extra_outliers"][s] = float(flagged.sum())
         if at >= 0:
-            flagged[max(at - EVENT_REACH, 0): at + EVENT_REACH + 1] = False
-        out["extra_away"][s] = float(flagged.sum())
-        if at >= 0:
+            _leave_to_event(flagged, at)
             out["event_size"][s] = float(np.abs(coef[-1]).mean())
             at_all[s] = at
+        out["extra_away"][s] = float(flagged.sum())
         if p.season:
             out["amplitude"][s] = float(np.hypot(coef[poly + 1], coef[poly + 2]).mean())
         out["resid_acf1"][s] = float(np.mean([acf1(r[:, f]) for f in range(F)]))
@@ -195,7 +199,7 @@ def second_opinion(x: np.ndarray, props: Sequence[P.Properties], fid: Fidelity) 
         y, at = x[s], int(fid.event_at[s])
         flagged = local_outliers(y)
         if at >= 0:
-            flagged[max(at - EVENT_REACH, 0): at + EVENT_REACH + 1] = False  # the described event
+            _leave_to_event(flagged, at)
         out["extra_outliers"][s] = float(flagged.sum())
         if p.event_kind == "spike" and at >= 0:
             out["event_size"][s] = float(np.abs(_local_miss(y)[at]).mean())

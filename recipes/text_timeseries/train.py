@@ -40,8 +40,7 @@ def build_model(c: TTSConfig, features: int, captions: Sequence[str] = ()) -> Fu
     series = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
                                name=MODALITY)
     cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
-    diffusion = GaussianDiffusion(m.schedule, m.T, m.prediction, m.weighting, m.snr_gamma, m.t_sampling,
-                                  m.logit_mean, m.logit_std)
+    diffusion = GaussianDiffusion.from_args(m)
     return FusionModel(backbone_args(m, cond_dim=cond_dim), [text, series], diffusion=diffusion,
                        diffusion_weight=m.diffusion_weight, cond_dropout=m.cond_dropout)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS
+from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS, GaussianDiffusion
 from fusion_core.engine.config import check_at_least, check_choice
 from fusion_core.generation import SampleArgs
 from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
@@ -90,6 +90,7 @@ class TSModelArgs(TransformerArgs):
         check_choice("model.schedule", self.schedule, SCHEDULES)
         check_choice("model.weighting", self.weighting, WEIGHTINGS)
         check_choice("model.t_sampling", self.t_sampling, T_SAMPLINGS)
+        GaussianDiffusion.from_args(self)  # the rest of the constructor's checks, named model.KEY
         if self.fourier_weight < 0:
             raise ValueError(f"model.fourier_weight must be >= 0, got {self.fourier_weight}")
 

@@ -44,8 +44,7 @@ def build_model(c: TSConfig, features: int) -> FusionModel:
     adapter = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
                                 name=MODALITY)
     cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
-    diffusion = GaussianDiffusion(m.schedule, m.T, m.prediction, m.weighting, m.snr_gamma, m.t_sampling,
-                                  m.logit_mean, m.logit_std)
+    diffusion = GaussianDiffusion.from_args(m)
     return FusionModel(backbone_args(m, cond_dim=cond_dim), [adapter], diffusion=diffusion,
                        fourier_weight={MODALITY: m.fourier_weight} if m.fourier_weight else None)
 
