@@ -172,6 +172,21 @@ def test_metrics_are_near_ideal_for_real_vs_real_and_worst_for_noise(real):
     assert f_same < 0.2 * f_noise, (f_same, f_noise)
 
 
+def test_one_nn_score_against_its_closed_forms(real):
+    """The model-free second method beside the discriminative score: 0.5 for samples that never
+    mix and for a copy (every nearest neighbour is the twin), near 0 for two samples of one
+    distribution, far from it for noise (whose windows lie nearer the real ones than to each
+    other: pooled 1-NN accuracy would call it 0.53, an even match)."""
+    a, b = real[:300], real[300:]
+    assert metrics.one_nn_score(a, a + 10.0) == 0.5
+    assert metrics.one_nn_score(a, a.copy()) == 0.5
+    same = metrics.one_nn_score(a, b)
+    noise = metrics.one_nn_score(a, np.random.default_rng(1).uniform(size=a.shape).astype(np.float32))
+    assert abs(same) < 0.1 and noise > 0.4, (same, noise)
+    with pytest.raises(ValueError, match=r"\(n, L, F\)"):
+        metrics.one_nn_score(a, a[:, :10])
+
+
 @pytest.mark.parametrize("per_step", [False, True])
 def test_metric_transformer_computes_what_nn_transformer_encoder_computes(per_step):
     """The LDS/LPS networks run their ``nn.TransformerEncoder`` layers through a faster forward of
@@ -402,9 +417,10 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     assert main(["run", "timeseries", "--preset", "stocks24", *TINY, f"run_dir={tmp_path / 's'}",
                  "eval.reference=true"]) == 0
     result = json.loads((tmp_path / "s" / "eval.json").read_text())
-    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd"} == set(result["reference"])
+    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd", "nn"} == set(result["reference"])
+    assert 0 <= result["scores"]["nn"]["mean"] <= 0.5
     report = (tmp_path / "s" / "report.md").read_text()
-    assert "not run: lds, lps, fid" in report and "--full" in report
+    assert "not run: lds, lps, fid" in report and "1-NN two-sample" in report and "--full" in report
     assert "papers' protocol" in report and "two disjoint halves of the training windows" in report
 
 
