@@ -183,6 +183,7 @@ def test_one_nn_score_against_its_closed_forms(real):
     same = metrics.one_nn_score(a, b)
     noise = metrics.one_nn_score(a, np.random.default_rng(1).uniform(size=a.shape).astype(np.float32))
     assert abs(same) < 0.1 and noise > 0.4, (same, noise)
+    assert metrics.one_nn_score(a, b, chunk=7) == same  # distances in row blocks: the same neighbours
     with pytest.raises(ValueError, match=r"\(n, L, F\)"):
         metrics.one_nn_score(a, a[:, :10])
 
