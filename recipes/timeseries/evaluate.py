@@ -74,8 +74,6 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
             out[name] = (metrics.correlational_score(r, f), 0.0)
         elif name == "jsd":
             out[name] = (metrics.marginal_jsd(r, f), 0.0)
-        elif name == "nn":
-            out[name] = (metrics.one_nn_score(r, f), 0.0)
         else:
             out[name] = mean_ci95(runs[name])
     return out

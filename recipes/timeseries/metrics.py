@@ -209,7 +209,13 @@ def one_nn_score(real: np.ndarray, fake: np.ndarray, chunk: int = 1024) -> float
     both accuracies 0). Per sample, not pooled: a dispersed sample (noise) lies nearer the other
     sample than to itself, so the pooled accuracy stays near 0.5 while one side is right 100% of
     the time and the other ~0%. Nothing is trained, so it shares no blind spot with the GRU
-    classifier (whose hidden size is ``features // 2``: one unit for a single channel)."""
+    classifier (whose hidden size is ``features // 2``: one unit for a single channel).
+
+    Both samples must be independent draws (bench/tts_group_disc.py: a series per caption). Windows
+    cut with stride 1 from one record are not: each has shifted near-copies in the real sample,
+    which the test counts as separation (on Air Quality's 100-step windows, 85% of the real windows
+    whose nearest neighbour was real had an overlapping window as that neighbour; a generated
+    sample, drawn independently, has none), so it is not one of the recipe's ``eval.metrics``."""
     _check(real, fake)
     x = torch.as_tensor(np.concatenate([real, fake]).reshape(len(real) + len(fake), -1), dtype=torch.float64)
     nearest = torch.empty(len(x), dtype=torch.long)
