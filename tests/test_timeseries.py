@@ -188,6 +188,49 @@ def test_one_nn_score_against_its_closed_forms(real):
         metrics.one_nn_score(a, a[:, :10])
 
 
+def _ar1(n: int, length: int, phi: float, rng) -> np.ndarray:
+    """``n`` AR(1) paths started from the stationary law: ``(n, length)``."""
+    x = np.empty((n, length))
+    x[:, 0] = rng.normal(size=n) / np.sqrt(1 - phi**2)
+    for t in range(1, length):
+        x[:, t] = phi * x[:, t - 1] + rng.normal(size=n)
+    return x
+
+
+def test_one_nn_score_leaves_overlapping_windows_out():
+    """Windows cut with stride 1 from one record have shifted near-copies among themselves: an
+    independent sample of the same process then looks separable unless windows that share steps
+    are not taken for each other's neighbours (``real_at``)."""
+    rng = np.random.default_rng(0)
+    L, phi = 96, 0.9  # a record 80x the window, 800x the correlation time: its windows are a fair sample
+    record = _ar1(1, 8000, phi, rng)[0]
+    starts = rng.permutation(len(record) - L + 1)[:600]
+    real = np.stack([record[s : s + L] for s in starts])[..., None]
+    fake = _ar1(600, L, phi, rng)[..., None]  # independent windows of the same process
+    blind, aware = metrics.one_nn_score(real, fake), metrics.one_nn_score(real, fake, real_at=starts)
+    assert blind > 0.09 and aware < 0.05, (blind, aware)  # (0.118, 0.038)
+    halves = metrics.one_nn_score(real[:300], real[300:], starts[:300], starts[300:])
+    assert halves < 0.05, halves
+    with pytest.raises(ValueError, match="real_at has 3 positions for 600 windows"):
+        metrics.one_nn_score(real, fake, real_at=starts[:3])
+
+
+def test_window_starts_locate_every_window_of_every_split():
+    values = np.arange(200, dtype=np.float64)[:, None] * np.array([[1.0, -1.0]])
+    values[57, 1] = np.nan  # data.missing=mask drops the windows holding it
+    s = prepare("", 8, stride=3, split=(0.6, 0.2, 0.2), missing="mask", data=values)
+    seen, offset = [], 0
+    for name in ("train", "validation", "test"):
+        w, at, part = getattr(s, name), s.window_starts(name, 3), s.parts[name][0]
+        assert len(at) == len(w) > 0
+        assert all(np.array_equal(w[i], part[a - offset : a - offset + 8], equal_nan=True) for i, a in enumerate(at))
+        seen.append(at)
+        offset += len(part) + 8  # the documented gap of a window length between splits
+    assert not any(a <= 57 < a + 8 for a in seen[0]) and np.diff(seen[0]).max() > 3  # the dropped windows
+    assert seen[0].max() + 8 <= seen[1].min() and seen[1].max() + 8 <= seen[2].min()  # splits never overlap
+    assert prepare("sine", 8, sine_samples=20, sine_features=1).window_starts("train") is None
+
+
 @pytest.mark.parametrize("per_step", [False, True])
 def test_metric_transformer_computes_what_nn_transformer_encoder_computes(per_step):
     """The LDS/LPS networks run their ``nn.TransformerEncoder`` layers through a faster forward of
@@ -418,9 +461,10 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     assert main(["run", "timeseries", "--preset", "stocks24", *TINY, f"run_dir={tmp_path / 's'}",
                  "eval.reference=true"]) == 0
     result = json.loads((tmp_path / "s" / "eval.json").read_text())
-    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd"} == set(result["reference"])
+    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd", "nn"} == set(result["reference"])
+    assert 0 <= result["scores"]["nn"]["mean"] <= 0.5
     report = (tmp_path / "s" / "report.md").read_text()
-    assert "not run: lds, lps, fid" in report and "--full" in report
+    assert "not run: lds, lps, fid" in report and "1-NN two-sample" in report and "--full" in report
     assert "papers' protocol" in report and "two disjoint halves of the training windows" in report
 
 
@@ -431,13 +475,16 @@ def test_the_real_floor_under_the_papers_protocol_scores_two_disjoint_halves(mon
 
     EV = importlib.import_module("fusion_core.recipes.timeseries.evaluate")
     seen = {}
-    monkeypatch.setattr(EV, "score", lambda a, b, *args, **kw: seen.update(a=a, b=b) or {"disc": (0.0, 0.0)})
+    monkeypatch.setattr(EV, "score", lambda a, b, e, seed, vr, a_at, b_at: seen.update(a=a, b=b, a_at=a_at, b_at=b_at)
+                        or {"disc": (0.0, 0.0)})
     train = np.arange(101 * 3, dtype=np.float32).reshape(101, 3, 1)  # every window unique
-    splits = type("S", (), {"train": train})()
+    splits = type("S", (), {"train": train, "window_starts": lambda self, name, stride: 10 * np.arange(101)})()
     c = to_object(get_recipe("timeseries").load_config("stocks24", overrides=["eval.n=3000"]))
     _, kind = EV.real_floor(c, splits, train, c.eval, None)
     a, b = {w.tobytes() for w in seen["a"]}, {w.tobytes() for w in seen["b"]}
     assert len(a) == len(b) == 50 and not a & b and kind.endswith("50 vs 50")
+    for side in "ab":  # each window goes with where it starts (for the 1-NN test)
+        np.testing.assert_array_equal(seen[side][:, 0, 0] / 3 * 10, seen[side + "_at"])
 
 
 def test_the_energy_presets_read_a_path_and_say_where_to_get_the_file(tmp_path, capsys):

@@ -200,7 +200,8 @@ def marginal_jsd(real: np.ndarray, fake: np.ndarray, bins: int = 50) -> float:
     return float(np.mean(out))
 
 
-def one_nn_score(real: np.ndarray, fake: np.ndarray, chunk: int = 1024) -> float:
+def one_nn_score(real: np.ndarray, fake: np.ndarray, real_at: np.ndarray | None = None,
+                 fake_at: np.ndarray | None = None, chunk: int = 1024) -> float:
     """A model-free two-sample test beside the discriminative score, from leave-one-out
     1-nearest-neighbour classification of the pooled windows (flattened, Euclidean): each window
     is labelled by the sample of its nearest other window, and the score is the mean over the
@@ -211,17 +212,26 @@ def one_nn_score(real: np.ndarray, fake: np.ndarray, chunk: int = 1024) -> float
     the time and the other ~0%. Nothing is trained, so it shares no blind spot with the GRU
     classifier (whose hidden size is ``features // 2``: one unit for a single channel).
 
-    Both samples must be independent draws (bench/tts_group_disc.py: a series per caption). Windows
-    cut with stride 1 from one record are not: each has shifted near-copies in the real sample,
-    which the test counts as separation (on Air Quality's 100-step windows, 85% of the real windows
-    whose nearest neighbour was real had an overlapping window as that neighbour; a generated
-    sample, drawn independently, has none), so it is not one of the recipe's ``eval.metrics``."""
+    Windows cut from one record overlap: each real window has shifted near-copies among the real
+    windows, which the test would count as separation (on Air Quality's 100-step windows, 85% of
+    the real windows whose nearest neighbour is real have an overlapping one; a generated sample,
+    drawn independently, has none). ``real_at`` / ``fake_at`` give where such windows start on
+    the record's time axis (``Splits.window_starts``; ``None``: independent draws): two windows
+    with starts less than a window length apart share steps and are not each other's
+    neighbours, as a window is not its own."""
     _check(real, fake)
     x = torch.as_tensor(np.concatenate([real, fake]).reshape(len(real) + len(fake), -1), dtype=torch.float64)
+    at = torch.full((len(x),), float("nan"), dtype=torch.float64)  # nan: an independent draw
+    for k, (pos, n) in enumerate(((real_at, len(real)), (fake_at, len(fake)))):
+        if pos is not None:
+            if len(pos) != n:
+                raise ValueError(f"{('real_at', 'fake_at')[k]} has {len(pos)} positions for {n} windows")
+            at[k * len(real) : k * len(real) + n] = torch.as_tensor(np.asarray(pos, dtype=np.float64))
     nearest = torch.empty(len(x), dtype=torch.long)
     for i in range(0, len(x), chunk):  # chunk x N distances at a time, not N x N
         d = torch.cdist(x[i : i + chunk], x)
         d[torch.arange(len(d)), torch.arange(i, i + len(d))] = float("inf")  # not its own neighbour
+        d[(at[i : i + chunk, None] - at[None, :]).abs() < real.shape[1]] = float("inf")  # nor an overlapping one
         nearest[i : i + chunk] = d.argmin(1)
     label = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
     right = (label[nearest] == label).double()

@@ -64,6 +64,24 @@ class Splits:
     parts: dict | None = None
 
 
+    def window_starts(self, name: str, stride: int = 1) -> np.ndarray | None:
+        """Where each window of split ``name`` starts, on one time axis: windows of one split
+        whose starts are less than a window length apart share steps, windows of different splits
+        never do. ``None`` for independent samples (the sine data)."""
+        if self.parts is None:
+            return None
+        length, offset = self.train.shape[1], 0
+        for part in ("train", "validation", "test"):
+            values, observed = self.parts[part]
+            if part == name:
+                if len(values) < length:
+                    return np.zeros(0, dtype=np.int64)
+                ok = windows(observed, length, stride).all(axis=(1, 2))
+                return offset + np.arange(0, len(values) - length + 1, stride)[ok]
+            offset += len(values) + length  # a window length of space: no window spans two splits
+        raise ValueError(f"no split named {name!r}: train, validation or test")
+
+
 def _window_parts(parts: dict, length: int, stride: int) -> list[np.ndarray]:
     out = []
     for name in ("train", "validation", "test"):
