@@ -461,10 +461,9 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     assert main(["run", "timeseries", "--preset", "stocks24", *TINY, f"run_dir={tmp_path / 's'}",
                  "eval.reference=true"]) == 0
     result = json.loads((tmp_path / "s" / "eval.json").read_text())
-    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd", "nn"} == set(result["reference"])
-    assert 0 <= result["scores"]["nn"]["mean"] <= 0.5
+    assert set(result["scores"]) == {"disc", "pred", "corr", "jsd"} == set(result["reference"])
     report = (tmp_path / "s" / "report.md").read_text()
-    assert "not run: lds, lps, fid" in report and "1-NN two-sample" in report and "--full" in report
+    assert "not run: lds, lps, fid" in report and "--full" in report
     assert "papers' protocol" in report and "two disjoint halves of the training windows" in report
 
 
@@ -475,16 +474,13 @@ def test_the_real_floor_under_the_papers_protocol_scores_two_disjoint_halves(mon
 
     EV = importlib.import_module("fusion_core.recipes.timeseries.evaluate")
     seen = {}
-    monkeypatch.setattr(EV, "score", lambda a, b, e, seed, vr, a_at, b_at: seen.update(a=a, b=b, a_at=a_at, b_at=b_at)
-                        or {"disc": (0.0, 0.0)})
+    monkeypatch.setattr(EV, "score", lambda a, b, *args, **kw: seen.update(a=a, b=b) or {"disc": (0.0, 0.0)})
     train = np.arange(101 * 3, dtype=np.float32).reshape(101, 3, 1)  # every window unique
-    splits = type("S", (), {"train": train, "window_starts": lambda self, name, stride: 10 * np.arange(101)})()
+    splits = type("S", (), {"train": train})()
     c = to_object(get_recipe("timeseries").load_config("stocks24", overrides=["eval.n=3000"]))
     _, kind = EV.real_floor(c, splits, train, c.eval, None)
     a, b = {w.tobytes() for w in seen["a"]}, {w.tobytes() for w in seen["b"]}
     assert len(a) == len(b) == 50 and not a & b and kind.endswith("50 vs 50")
-    for side in "ab":  # each window goes with where it starts (for the 1-NN test)
-        np.testing.assert_array_equal(seen[side][:, 0, 0] / 3 * 10, seen[side + "_at"])
 
 
 def test_the_energy_presets_read_a_path_and_say_where_to_get_the_file(tmp_path, capsys):

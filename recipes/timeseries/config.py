@@ -22,7 +22,7 @@ from fusion_core.validation import check_finite_number
 from .data import MISSING_POLICIES, TRANSFORMS
 from .outliers import OUTLIER_POLICIES
 
-ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd", "nn")
+ALL_METRICS = ("disc", "pred", "lds", "lps", "corr", "fid", "jsd")
 
 
 @dataclass

@@ -36,13 +36,10 @@ log = logging.getLogger("fusion_core")
 
 
 def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
-          value_range: tuple[np.ndarray, np.ndarray] | None = None, real_at: np.ndarray | None = None,
-          fake_at: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+          value_range: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, tuple[float, float]]:
     """Every requested metric as (mean, 95% half-width) over ``e.repeats`` runs. Both inputs are
     in user units and are min-max scaled with ``value_range`` (per-feature lo, hi; TimeGAN's
-    convention: the dataset's range, identity for the [0, 1] sine data) before scoring.
-    ``real_at`` / ``fake_at``: where windows cut from the record start (``None``: independent
-    draws, as generated windows are), for the 1-NN test (:func:`.metrics.one_nn_score`)."""
+    convention: the dataset's range, identity for the [0, 1] sine data) before scoring."""
     lo, hi = value_range if value_range is not None else (real.min(axis=(0, 1)), real.max(axis=(0, 1)))
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     r, f = (real - lo) / span, (fake - lo) / span
@@ -77,8 +74,6 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
             out[name] = (metrics.correlational_score(r, f), 0.0)
         elif name == "jsd":
             out[name] = (metrics.marginal_jsd(r, f), 0.0)
-        elif name == "nn":  # overlapping windows are not each other's neighbours
-            out[name] = (metrics.one_nn_score(r, f, real_at, fake_at), 0.0)
         else:
             out[name] = mean_ci95(runs[name])
     return out
@@ -119,16 +114,15 @@ def _pick(total: int, n: int, seed: int) -> np.ndarray:
 
 def held_out_starts(c: TSConfig, splits: Splits, n: int, seed: int = 0) -> np.ndarray | None:
     """Where the windows :func:`held_out` returns start on the record's time axis
-    (:meth:`Splits.window_starts`), for the scores that must not take overlapping windows for
-    neighbours; ``None`` for the sine data (independent draws)."""
+    (:meth:`Splits.window_starts`: bench/nn_anatomy.py leaves overlapping windows out of the
+    1-NN test with them); ``None`` for the sine data (independent draws)."""
     if c.data.source == "sine":
         return None
     starts = splits.window_starts(_reference_split(c, splits), c.data.stride)
     return None if starts is None else starts[_pick(len(starts), n, seed)]
 
 
-def real_floor(c: TSConfig, splits: Splits, real: np.ndarray, e: TSEvalArgs, value_range,
-               real_at: np.ndarray | None = None) -> tuple[dict, str]:
+def real_floor(c: TSConfig, splits: Splits, real: np.ndarray, e: TSEvalArgs, value_range) -> tuple[dict, str]:
     """Real windows scored against real windows, the same way as the generated ones: what the
     metrics give two samples of the real distribution (the floor). Sine: a fresh draw against
     ``real``. Loaded data scored against the test split: the training windows against it (the
@@ -139,17 +133,13 @@ def real_floor(c: TSConfig, splits: Splits, real: np.ndarray, e: TSEvalArgs, val
     if c.data.source == "sine":
         ref = held_out(c, splits, e.n, e.seed + 1)[0]
         return _as_dict(score(real, ref, e, e.seed, value_range)), f"a second draw of {len(ref)} sine windows"
-    order = rng.permutation(len(splits.train))
-    starts = splits.window_starts("train", c.data.stride)
-    at = (lambda idx: None) if starts is None else (lambda idx: starts[idx])
     if c.eval.against == "train":
-        k = min(e.n, len(order) // 2)
-        a, b = order[:k], order[k: 2 * k]
-        return (_as_dict(score(splits.train[a], splits.train[b], e, e.seed, value_range, at(a), at(b))),
+        pool = splits.train[rng.permutation(len(splits.train))]
+        k = min(e.n, len(pool) // 2)
+        return (_as_dict(score(pool[:k], pool[k: 2 * k], e, e.seed, value_range)),
                 f"two disjoint halves of the training windows, {k} vs {k}")
-    ref = order[: e.n]
-    return (_as_dict(score(real, splits.train[ref], e, e.seed, value_range, real_at, at(ref))),
-            f"{len(ref)} training windows against the test windows")
+    ref = splits.train[rng.permutation(len(splits.train))[: e.n]]
+    return _as_dict(score(real, ref, e, e.seed, value_range)), f"{len(ref)} training windows against the test windows"
 
 
 def _as_dict(scores: dict) -> dict:
@@ -171,7 +161,6 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     c, model, splits = load_run(run_dir, overrides)
     e, s = c.eval, c.sample
     real, value_range = held_out(c, splits, e.n, e.seed)
-    real_at = held_out_starts(c, splits, e.n, e.seed)
     shape = window_shape(c, splits)
     sampler = s.make(model.diffusion[MODALITY])
     t0 = time.time()
@@ -181,7 +170,7 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     suffix = f"-{a.tag}" if a.tag else ""  # a tagged evaluation keeps its own files: runs side by side
     np.save(run_dir / f"eval_samples{suffix}.npy", fake)
     t0 = time.time()
-    scores = score(real, fake, e, e.seed, value_range, real_at)
+    scores = score(real, fake, e, e.seed, value_range)
     score_s = time.time() - t0
     long_result = None
     if e.long_factor > 1:  # windows cut from series longer than the training window
@@ -196,10 +185,10 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         real_cut = held_out(c, splits, e.n, e.seed + 2, e.long_factor)[0] if c.data.source == "sine" else real
         long_result = {"factor": e.long_factor, "sample_seconds": long_s, "resample": s.resample,
                        "cond_sampler": f"{s.cond_sampler} {len(cond)} steps",
-                       "scores": _as_dict(score(real_cut, cut, e, e.seed, value_range, real_at))}
+                       "scores": _as_dict(score(real_cut, cut, e, e.seed, value_range))}
     reference, reference_kind = None, None
     if e.reference:
-        reference, reference_kind = real_floor(c, splits, real, e, value_range, real_at)
+        reference, reference_kind = real_floor(c, splits, real, e, value_range)
     sine_fit = None
     if c.data.source == "sine":  # a closed form: each curve's distance from the generator's family
         sine_fit = {"fake": metrics.sine_fit(fake, c.data.sine_phase),

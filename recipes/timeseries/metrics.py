@@ -218,7 +218,12 @@ def one_nn_score(real: np.ndarray, fake: np.ndarray, real_at: np.ndarray | None 
     drawn independently, has none). ``real_at`` / ``fake_at`` give where such windows start on
     the record's time axis (``Splits.window_starts``; ``None``: independent draws): two windows
     with starts less than a window length apart share steps and are not each other's
-    neighbours, as a window is not its own."""
+    neighbours, as a window is not its own. That removes the copies, not the record: on a
+    trending record, real windows a window length apart differ in level, so with long windows a
+    real window's nearest neighbour is a generated one even for a perfect generator (real side
+    ~0), and two halves of the real windows — the only floor one record gives — share that
+    structure. For windows of one record read the two sides apart (bench/nn_anatomy.py); the
+    score itself is calibrated for independent samples (bench/tts_group_disc.py)."""
     _check(real, fake)
     x = torch.as_tensor(np.concatenate([real, fake]).reshape(len(real) + len(fake), -1), dtype=torch.float64)
     at = torch.full((len(x),), float("nan"), dtype=torch.float64)  # nan: an independent draw

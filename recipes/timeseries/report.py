@@ -13,7 +13,7 @@ from .config import ALL_METRICS, TSConfig
 
 NAMES = {"disc": "discriminative (GRU)", "pred": "predictive MAE (GRU)", "lds": "LDS (transformer)",
          "lps": "LPS (causal transformer)", "corr": "correlational", "fid": "context-FID (GRU embedding)",
-         "jsd": "marginal JSD", "nn": "1-NN two-sample (no training)"}
+         "jsd": "marginal JSD"}
 
 
 def sine_fit_text(fit: dict) -> str:
