@@ -25,7 +25,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 
 from common import print_json, print_table
 from fusion_core.engine.stats import mean_ci95
