@@ -25,7 +25,6 @@ import argparse
 import time
 from pathlib import Path
 
-
 from common import print_json, print_table
 from fusion_core.engine.stats import mean_ci95
 from fusion_core.recipes.text_timeseries import fidelity as FI
