@@ -1,6 +1,6 @@
 """Sampler quality on a trained built-in-sine run, measured by a closed form rather than a
 classifier: each generated curve's RMS distance from the nearest sine of the generator's family
-(``metrics.sine_fit``). Same model, same seed, same number of series for every sampler.
+(``sine_fit.sine_fit``). Same model, same seed, same number of series for every sampler.
 Prints a table and a JSON line; ratios are against the first sampler listed.
 
     python bench/sine_samplers.py runs/sine384 --n 300 --samplers dpm_solver:50 ddpm:250 ddpm:1000
@@ -16,7 +16,7 @@ from common import print_json, print_table, sync
 from fusion_core import generation as gen
 from fusion_core.diffusion import make_sampler
 from fusion_core.engine.recipe import machine_description
-from fusion_core.recipes.timeseries import metrics
+from fusion_core.recipes.timeseries import sine_fit as SF
 from fusion_core.recipes.timeseries.sample import load_run
 from fusion_core.recipes.timeseries.train import MODALITY, window_shape
 
@@ -44,10 +44,10 @@ def main() -> None:
         x = gen.sample(model, MODALITY, a.n, (L, F), sampler, seed=a.seed, chunk=c.sample.chunk).numpy()
         sync(device)
         sec = time.perf_counter() - t0
-        fit = metrics.sine_fit(x, c.data.sine_phase)
+        fit = SF.sine_fit(x, c.data.sine_phase)
         rows.append({"sampler": name, "steps": len(sampler), "seconds": round(sec, 1),
                      "sine_fit": round(fit["mean"], 4),
-                     f"off>{metrics.SINE_OFF}": round(fit["off"], 3),
+                     f"off>{SF.SINE_OFF}": round(fit["off"], 3),
                      "windows_off": round(fit["windows_off"], 3)})
     for r in rows:
         r["time_ratio"] = round(r["seconds"] / rows[0]["seconds"], 2)

@@ -15,6 +15,7 @@ from fusion_core import generation as gen
 from fusion_core.diffusion import make_sampler
 from fusion_core.diffusion.repaint import repaint
 from fusion_core.recipes.timeseries import metrics
+from fusion_core.recipes.timeseries import sine_fit as SF
 from fusion_core.recipes.timeseries.data import (from_dataframe, from_increments, handle_missing, load_series,
                                                  sine, to_increments)
 from fusion_core.recipes.timeseries.splits import chronological_split, prepare, windows
@@ -280,7 +281,7 @@ def _sine_fit_brute_force(x, max_phase, n_freq=401, n_phase=64):
 @pytest.mark.parametrize("max_phase", [0.1, 2 * np.pi])
 def test_sine_fit_finds_the_nearest_generator_sine(max_phase):
     x = sine(40, 96, 2, seed=5, phase=max_phase)
-    exact = metrics.sine_fit_error(x, max_phase=max_phase)
+    exact = SF.sine_fit_error(x, max_phase=max_phase)
     assert exact.max() < 0.005  # the generator's own curves are (up to the grids) in its family
     rng = np.random.default_rng(0)
     bent = np.stack([x[:8] + 0.04,  # offset: no sine of the family can absorb it fully
@@ -288,12 +289,12 @@ def test_sine_fit_finds_the_nearest_generator_sine(max_phase):
                      x[:8] + 0.02 * rng.standard_normal(x[:8].shape),
                      np.cumsum(0.03 * rng.standard_normal(x[:8].shape), 1) + 0.5])
     bent = bent.reshape(32, 96, 2)
-    got = metrics.sine_fit_error(bent, max_phase=max_phase)
+    got = SF.sine_fit_error(bent, max_phase=max_phase)
     ref = _sine_fit_brute_force(bent, max_phase)
     assert np.all(got >= ref - 0.003) and got.mean() > 0.02  # never closer than a brute-force search
     np.testing.assert_allclose(got, ref, atol=0.003)
     noise = rng.uniform(0, 1, (10, 96, 2))
-    assert metrics.sine_fit_error(noise, max_phase=max_phase).min() > 0.2
+    assert SF.sine_fit_error(noise, max_phase=max_phase).min() > 0.2
 
 
 def test_sine_fit_counts_flawed_curves_and_the_windows_that_hold_them():
@@ -301,9 +302,9 @@ def test_sine_fit_counts_flawed_curves_and_the_windows_that_hold_them():
     x[1, :, 2] = 0.9  # two curves no sine of the family comes near in window 1, one in window 6
     x[1, :, 4] = 1 - x[1, :, 4]
     x[6, :, 0] = 0.1
-    fit = metrics.sine_fit(x)
+    fit = SF.sine_fit(x)
     assert fit["off"] == 3 / 40 and fit["windows_off"] == 2 / 8
-    assert fit["mean"] == pytest.approx(metrics.sine_fit_error(x).mean())
+    assert fit["mean"] == pytest.approx(SF.sine_fit_error(x).mean())
 
 
 def test_cli_runs_tiny_end_to_end(tmp_path):

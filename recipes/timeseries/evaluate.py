@@ -25,6 +25,7 @@ from fusion_core.engine.recipe import machine_description, parse_command, setup_
 from fusion_core.engine.stats import mean_ci95
 
 from . import block_metrics, metrics, plots
+from . import sine_fit as SF
 from .config import ALL_METRICS, TSConfig, TSEvalArgs
 from .data import sine
 from .report import NAMES, sine_fit_text, write_report
@@ -191,8 +192,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
         reference, reference_kind = real_floor(c, splits, real, e, value_range)
     sine_fit = None
     if c.data.source == "sine":  # a closed form: each curve's distance from the generator's family
-        sine_fit = {"fake": metrics.sine_fit(fake, c.data.sine_phase),
-                    "real": metrics.sine_fit(real, c.data.sine_phase)}
+        sine_fit = {"fake": SF.sine_fit(fake, c.data.sine_phase),
+                    "real": SF.sine_fit(real, c.data.sine_phase)}
     pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne, suffix=suffix)
     pics.append(plots.overlay(real, fake, splits.columns, run_dir / f"overlay{suffix}.png"))
     result = {"scores": _as_dict(scores), "n_real": len(real), "n_fake": len(fake),

@@ -8,7 +8,7 @@ from pathlib import Path
 from fusion_core.engine.recipe import read_train_time
 from fusion_core.storage import atomic_write_text
 
-from . import metrics
+from . import sine_fit as SF
 from .config import ALL_METRICS, TSConfig
 
 NAMES = {"disc": "discriminative (GRU)", "pred": "predictive MAE (GRU)", "lds": "LDS (transformer)",
@@ -19,7 +19,7 @@ NAMES = {"disc": "discriminative (GRU)", "pred": "predictive MAE (GRU)", "lds": 
 def sine_fit_text(fit: dict) -> str:
     """One line for ``evaluate``'s ``sine_fit`` result (the log and the report both print it)."""
     fk, rl = fit["fake"], fit["real"]
-    return (f"{fk['mean']:.4f}, {100 * fk['off']:.1f}% of curves off by more than {metrics.SINE_OFF}, "
+    return (f"{fk['mean']:.4f}, {100 * fk['off']:.1f}% of curves off by more than {SF.SINE_OFF}, "
             f"in {100 * fk['windows_off']:.1f}% of the windows (real windows: {rl['mean']:.4f}, "
             f"{100 * rl['off']:.1f}% off)")
 
