@@ -63,6 +63,53 @@ def test_every_shipped_preset_loads_and_validates():
             assert cfg.recipe == name
 
 
+def _recipe_with_presets(tmp_path, **presets):
+    """A recipe with the ``Cfg`` schema whose presets folder holds ``NAME.yaml`` = text."""
+    from fusion_core.engine.recipe import Recipe
+
+    @dataclass
+    class RecipeCfg(Cfg):
+        recipe: str = "t"
+
+    for name, text in presets.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    return Recipe("t", "test", RecipeCfg, tmp_path, setup=None)
+
+
+def test_a_preset_starts_from_its_base_and_holds_only_what_it_changes(tmp_path):
+    recipe = _recipe_with_presets(
+        tmp_path, small="model:\n  depth: 4\nlr: 0.5\n", wide="base: small\nmodel:\n  width: 256\n",
+        wider="base: wide\nmodel:\n  width: 512\nname: y\n")
+    got = {p: recipe.load_config(p) for p in ("small", "wide", "wider")}
+    assert [(c.model.depth, c.model.width, c.lr, c.name) for c in got.values()] == [
+        (4, 64, 0.5, "x"), (4, 256, 0.5, "x"), (4, 512, 0.5, "y")]
+    # a config file and overrides still sit on top of the whole chain
+    y = tmp_path / "mine.yml"
+    y.write_text("lr: 0.125\n")
+    c = recipe.load_config("wider", str(y), ["model.depth=3"])
+    assert (c.model.depth, c.model.width, c.lr) == (3, 512, 0.125)
+    assert "base" not in c  # resolved away: a run's config.yaml has no base to follow
+    # an unknown key in a base is named with the base's file
+    (tmp_path / "small.yaml").write_text("model:\n  dept: 4\n")
+    with pytest.raises(ConfigError, match=r"small.yaml: unknown config key 'model.dept'"):
+        recipe.load_config("wider")
+
+
+def test_bad_preset_bases_are_named(tmp_path):
+    recipe = _recipe_with_presets(tmp_path, a="base: b\n", b="base: a\n", c="base: nope\n",
+                                  d="base: [a]\n", e="- 1\n", f="base: f\n")
+    with pytest.raises(ConfigError, match=r"cycle: a -> b -> a"):
+        recipe.load_config("a")
+    with pytest.raises(ConfigError, match=r"cycle: f -> f"):
+        recipe.load_config("f")
+    with pytest.raises(ConfigError, match=r"no preset 'nope' \(the base of preset 'c'\); presets: \['a', 'b'"):
+        recipe.load_config("c")
+    with pytest.raises(ConfigError, match=r"d.yaml: base must be the name of another preset"):
+        recipe.load_config("d")
+    with pytest.raises(ConfigError, match=r"e.yaml: expected a mapping"):
+        recipe.load_config("e")
+
+
 def test_unknown_preset_and_recipe_list_valid_ones():
     with pytest.raises(ConfigError, match=r"presets: \['quick', 'tiny'\]"):
         get_recipe("toy").load_config("quik")

@@ -58,11 +58,43 @@ def _merge(base: DictConfig, other: Any, source: str, keys: Sequence[str]) -> Di
         raise ConfigError(f"{source}: bad value for {key!r}: {msg}") from None
 
 
-def load_config(schema: type[T] | T, presets: Sequence[str | Path | dict] = (),
+Layer = str | Path | dict | tuple[str, Any]
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    """One YAML config file, as a DictConfig.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML or is not a mapping of keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys (key: value), got a list")
+    return loaded
+
+
+def layer_config(layer: Layer) -> tuple[str, DictConfig]:
+    """A config layer as ``(what to call it in messages, its contents)``: a YAML file's path, a
+    dict (a backbone preset's sizes) or an already-read ``(name, mapping)`` pair."""
+    if isinstance(layer, tuple):
+        name, contents = layer
+        return name, OmegaConf.create(contents) if not isinstance(contents, DictConfig) else contents
+    if isinstance(layer, dict):
+        return "backbone preset", OmegaConf.create(layer)
+    return str(layer), read_yaml(layer)
+
+
+def load_config(schema: type[T] | T, presets: Sequence[Layer] = (),
                 overrides: Sequence[str] = ()) -> DictConfig:
-    """Build a config: ``schema`` defaults, then each layer of ``presets`` (a YAML file, or a dict
-    such as a backbone preset's sizes), then dotlist overrides. The result is validated by
-    building the dataclasses (their ``__post_init__`` checks run).
+    """Build a config: ``schema`` defaults, then each layer of ``presets`` (a YAML file, a dict
+    such as a backbone preset's sizes, or a ``(name, mapping)`` pair), then dotlist overrides.
+    The result is validated by building the dataclasses (their ``__post_init__`` checks run).
 
     Raises:
         ConfigError: unknown key (with did-you-mean), wrong type, malformed override, missing
@@ -70,18 +102,9 @@ def load_config(schema: type[T] | T, presets: Sequence[str | Path | dict] = (),
     """
     cfg = OmegaConf.structured(schema)
     keys = valid_keys(schema)
-    for path in presets:
-        if isinstance(path, dict):
-            cfg = _merge(cfg, OmegaConf.create(path), "backbone preset", keys)
-            continue
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        cfg = _merge(cfg, loaded, str(path), keys)
+    for layer in presets:
+        name, contents = layer_config(layer)
+        cfg = _merge(cfg, contents, name, keys)
     for item in overrides:
         if "=" not in item or item.startswith("-"):
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=100)")

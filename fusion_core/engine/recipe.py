@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..model import FusionModel
 from ..registry import import_object
 from ..transformer import PRESETS, preset
-from .config import ConfigError, load_config, save_config, to_object, to_yaml
+from .config import ConfigError, layer_config, load_config, read_yaml, save_config, to_object, to_yaml
 from .distributed import init_distributed, shutdown
 from .loader import Collate
 from .runfolder import RunLock, claim, clean_leftovers
@@ -93,23 +93,47 @@ class Recipe:
     def presets(self) -> dict[str, Path]:
         return {p.stem: p for p in sorted(Path(self.presets_dir).glob("*.yaml"))}
 
+    def preset_layers(self, preset_name: str) -> list[tuple[str, DictConfig]]:
+        """A preset's config layers, its bases first. A preset may start from another preset of
+        the recipe with a top-level ``base: NAME`` key and hold only what it changes (the
+        ``base`` chain may be any length; each layer overrides the one before it).
+
+        Raises:
+            ConfigError: an unknown preset (named, with the recipe's presets), a ``base`` that
+                is not a preset name, or presets that name each other in a cycle.
+        """
+        known, chain = self.presets(), []
+        name = preset_name
+        while name is not None:
+            if name not in known:
+                at = f" (the base of preset {chain[-1][0]!r})" if chain else ""
+                raise ConfigError(f"recipe {self.name!r} has no preset {name!r}{at}; presets: {sorted(known)}")
+            if name in (n for n, _ in chain):
+                cycle = " -> ".join([n for n, _ in chain] + [name])
+                raise ConfigError(f"recipe {self.name!r}: presets name each other as base in a cycle: {cycle}")
+            contents = read_yaml(known[name])
+            base = contents.pop("base", None)
+            if base is not None and not isinstance(base, str):
+                raise ConfigError(f"{known[name]}: base must be the name of another preset, got {base!r}")
+            chain.append((name, contents))
+            name = base
+        return [(str(known[n]), contents) for n, contents in reversed(chain)]
+
     def load_config(self, preset_name: str | None = None, config_file: str | None = None,
                     overrides: Sequence[str] = ()) -> DictConfig:
-        """Defaults < recipe preset < ``config_file`` < ``key=value`` overrides, validated. A
-        backbone preset named by ``model.preset`` puts its sizes just under the layer that names
-        it (``model.preset=transfusion-0.16b model.n_layers=2`` keeps 2 layers).
+        """Defaults < recipe preset (its ``base`` presets first) < ``config_file`` <
+        ``key=value`` overrides, validated. A backbone preset named by ``model.preset`` puts its
+        sizes just under the layer that names it (``model.preset=transfusion-0.16b
+        model.n_layers=2`` keeps 2 layers).
 
         Raises:
             ConfigError: unknown preset, key or value (named, with the valid ones).
         """
         layers: list = []
         if preset_name is not None:
-            known = self.presets()
-            if preset_name not in known:
-                raise ConfigError(f"recipe {self.name!r} has no preset {preset_name!r}; presets: {sorted(known)}")
-            layers.append(known[preset_name])
+            layers += self.preset_layers(preset_name)
         if config_file is not None:
-            layers.append(config_file)
+            layers.append(layer_config(config_file))
         cfg = load_config(self.config, layers, overrides)
         backbone = OmegaConf.select(cfg, "model.preset", default="")
         if backbone:  # again, with the backbone preset's sizes under the layer that named it
@@ -117,7 +141,7 @@ class Recipe:
                 raise ConfigError(f"unknown backbone preset model.preset={backbone!r}; known: {sorted(PRESETS)}")
             sizes = dataclasses.asdict(preset(backbone))
             at = len(layers) if any(o.startswith("model.preset=") for o in overrides) else max(
-                i for i, f in enumerate(layers) if OmegaConf.select(OmegaConf.load(f), "model.preset", default=""))
+                i for i, (_, c) in enumerate(layers) if OmegaConf.select(c, "model.preset", default=""))
             layers.insert(at, {"model": {k: sizes[k] for k in BACKBONE_SIZES}})
             cfg = load_config(self.config, layers, overrides)
         cfg.recipe = self.name
