@@ -187,6 +187,18 @@ def test_by_default_every_training_sample_is_a_new_pair(recipe):
         recipe.load_config("tiny", overrides=["data.examples=-1"])
 
 
+def test_the_diffusion_keys_of_the_config_reach_the_model(recipe):
+    """Every diffusion-side ``model.*`` key the config accepts is used, none silently dropped."""
+    c = to_object(recipe.load_config("tiny", overrides=[
+        "model.fourier_weight=0.5", "model.t_sampling=logit_normal", "model.logit_mean=-1.5",
+        "model.prediction=eps", "model.schedule=linear"]))
+    model = build_model(c, 1)
+    diff = model.diffusion[MODALITY]
+    assert model.fourier_weight == {MODALITY: 0.5}
+    assert (diff.t_sampling, diff.logit_mean, diff.prediction) == ("logit_normal", -1.5, "eps")
+    assert build_model(to_object(recipe.load_config("tiny")), 1).fourier_weight == {}
+
+
 def test_pairs_are_laid_out_in_both_orders_with_noise_limiting(recipe):
     c = to_object(recipe.load_config("tiny"))
     model = build_model(c, 1)

@@ -42,7 +42,8 @@ def build_model(c: TTSConfig, features: int, captions: Sequence[str] = ()) -> Fu
     cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
     diffusion = GaussianDiffusion.from_args(m)
     return FusionModel(backbone_args(m, cond_dim=cond_dim), [text, series], diffusion=diffusion,
-                       diffusion_weight=m.diffusion_weight, cond_dropout=m.cond_dropout)
+                       diffusion_weight=m.diffusion_weight, cond_dropout=m.cond_dropout,
+                       fourier_weight={MODALITY: m.fourier_weight} if m.fourier_weight else None)
 
 
 def encode_pair(model: FusionModel, caption: str, series: np.ndarray, series_first: bool,
