@@ -458,7 +458,7 @@ def test_fidelity_in_evaluation_scores_each_caption_group_against_its_real_floor
     assert (tmp_path / "fidelity.png").stat().st_size > 0
 
 
-def test_the_faithful_presets_are_the_quick_one_with_adaln_and_half_the_guidance():
+def test_the_faithful_presets_are_the_quick_one_with_adaln_low_noise_steps_and_half_the_guidance():
     """The two presets' results are compared in docs/results.md: they differ only where the
     faithful one says it does, so a change to one that is not made to the other fails here."""
     from omegaconf import OmegaConf
@@ -473,8 +473,9 @@ def test_the_faithful_presets_are_the_quick_one_with_adaln_and_half_the_guidance
         return out
 
     a, b = flat(quick), flat(faithful)
-    assert {k for k in a if a[k] != b[k]} == {"model.timestep", "sample.guidance", "eval.sample.guidance"}
-    assert (b["model.timestep"], b["sample.guidance"], b["eval.sample.guidance"]) == ("adaln", 2.0, 2.0)
+    changed = {"model.timestep", "model.t_sampling", "model.logit_mean", "sample.guidance", "eval.sample.guidance"}
+    assert {k for k in a if a[k] != b[k]} == changed
+    assert [b[k] for k in sorted(changed)] == [2.0, -1.0, "logit_normal", "adaln", 2.0]
     assert a["sample.guidance_interval"] == b["sample.guidance_interval"] == [0.0, 0.5]
     wide = flat(OmegaConf.to_container(recipe.load_config("faithful_wide")))
     assert {k for k in b if b[k] != wide[k]} == {"data.family"} and wide["data.family"] == "wide"
