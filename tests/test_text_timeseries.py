@@ -458,7 +458,7 @@ def test_fidelity_in_evaluation_scores_each_caption_group_against_its_real_floor
     assert (tmp_path / "fidelity.png").stat().st_size > 0
 
 
-def test_the_faithful_presets_are_the_quick_one_with_adaln_low_noise_steps_and_half_the_guidance():
+def test_the_faithful_presets_are_the_quick_one_with_adaln_low_noise_steps_less_guidance_and_ddpm():
     """The two presets' results are compared in docs/results.md: they differ only where the
     faithful one says it does, so a change to one that is not made to the other fails here."""
     from omegaconf import OmegaConf
@@ -473,9 +473,13 @@ def test_the_faithful_presets_are_the_quick_one_with_adaln_low_noise_steps_and_h
         return out
 
     a, b = flat(quick), flat(faithful)
-    changed = {"model.timestep", "model.t_sampling", "model.logit_mean", "sample.guidance", "eval.sample.guidance"}
+    changed = {"model.timestep", "model.t_sampling", "model.logit_mean"} | {
+        f"{where}.{k}" for where in ("sample", "eval.sample") for k in ("guidance", "sampler", "steps")}
     assert {k for k in a if a[k] != b[k]} == changed
-    assert [b[k] for k in sorted(changed)] == [2.0, -1.0, "logit_normal", "adaln", 2.0]
+    assert {k: b[k] for k in changed} == {
+        "model.timestep": "adaln", "model.t_sampling": "logit_normal", "model.logit_mean": -1.0,
+        "sample.guidance": 2.0, "sample.sampler": "ddpm", "sample.steps": 250,
+        "eval.sample.guidance": 2.0, "eval.sample.sampler": "ddpm", "eval.sample.steps": 250}
     assert a["sample.guidance_interval"] == b["sample.guidance_interval"] == [0.0, 0.5]
     wide = flat(OmegaConf.to_container(recipe.load_config("faithful_wide")))
     assert {k for k in b if b[k] != wide[k]} == {"data.family"} and wide["data.family"] == "wide"
