@@ -14,6 +14,7 @@ Shapes: n windows, T steps, F features, k steps per patch, D width.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,11 @@ from torch import Tensor, nn
 
 from fusion_core.adapter import Adapter, Embedded
 from fusion_core.embeddings import TimestepEmbedding, sinusoidal
+
+
+class UnderfitWarning(UserWarning):
+    """A size that keeps the model from fitting its data, whatever the training."""
+
 
 SCALINGS = ("minmax", "standard", "none")
 TIMESTEP_MODES = ("token", "add", "adaln")
@@ -61,6 +67,14 @@ class TimeSeriesAdapter(Adapter):
             raise ValueError(f"features must be a positive int, got {features!r}")
         if not isinstance(patch, int) or patch < 1:
             raise ValueError(f"patch must be a positive int, got {patch!r}")
+        if features * patch > dim:
+            warnings.warn(
+                f"time-series adapter {name!r}: a position holds patch x features = {patch} x {features} = "
+                f"{patch * features} values but the model is {dim} wide, so each position's prediction lies in "
+                f"a {dim}-dimensional subspace of its {patch * features} values and ~{1 - dim / (patch * features):.0%} "
+                f"of the (isotropic) noise stays unpredictable: use a patch of at most "
+                f"{max(1, dim // features)} or a model at least {patch * features} wide",
+                UnderfitWarning, stacklevel=2)
         self.name, self.features, self.patch = name, features, patch
         self.scaling, self.timestep = scaling, timestep
         self.inp = nn.Linear(features * patch, dim)

