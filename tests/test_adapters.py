@@ -201,4 +201,4 @@ def test_timeseries_scaler_round_trip_and_missing_values():
     with pytest.raises(ValueError, match="call fit"):
         TimeSeriesAdapter(8, 4).encode(data[:8])
     assert TimeSeriesAdapter(8, 4, timestep="token").num_positions(p) == 33
-    assert TimeSeriesAdapter(8, 4, patch=4, timestep="adaln").num_positions(p) == 8
+    assert TimeSeriesAdapter(16, 4, patch=4, timestep="adaln").num_positions(p) == 8

@@ -235,6 +235,7 @@ def test_overwrite_moves_the_whole_run_aside_and_it_stays_usable(toy_run, tmp_pa
     capsys.readouterr()
 
 
+@pytest.mark.filterwarnings("ignore::fusion_core.modalities.timeseries.UnderfitWarning")  # a sized-up adapter, refused
 def test_huge_sizes_in_a_model_folder_are_refused_before_allocating(tmp_path):
     folder = _model().save_pretrained(tmp_path / "m")
     config = json.loads((folder / "model.json").read_text())
