@@ -2,6 +2,7 @@
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -564,8 +565,6 @@ def test_a_patch_wider_than_the_model_is_warned_of_and_no_shipped_preset_has_one
 
     with pytest.warns(UnderfitWarning, match=r"16 x 13 = 208 values but the model is 128 wide.*at most 9"):
         TimeSeriesAdapter(128, 13, patch=16)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TimeSeriesAdapter(128, 16, patch=8)  # 128 values: exactly the width is fine

@@ -84,7 +84,7 @@ def layer_config(layer: Layer) -> tuple[str, DictConfig]:
     dict (a backbone preset's sizes) or an already-read ``(name, mapping)`` pair."""
     if isinstance(layer, tuple):
         name, contents = layer
-        return name, OmegaConf.create(contents) if not isinstance(contents, DictConfig) else contents
+        return name, OmegaConf.create(contents)
     if isinstance(layer, dict):
         return "backbone preset", OmegaConf.create(layer)
     return str(layer), read_yaml(layer)

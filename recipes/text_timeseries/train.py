@@ -15,18 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.generation import interleave
 from fusion_core.model import FusionModel, Item
 from fusion_core.modalities.text import TextAdapter, WordTokenizer
-from fusion_core.modalities.timeseries import TimeSeriesAdapter
 from fusion_core.engine.recipe import TrainJob
-from fusion_core.transformer import backbone_args
 
+from ..timeseries.train import MODALITY, series_model
 from . import data as D
 from .config import TTSConfig
 
-MODALITY = "timeseries"
 TEST_FILE = "test.npz"  # real data and your pairs: the held-out pairs, kept for `fusion evaluate`
 TEST_SEED_OFFSET = 10_000  # synthetic test pairs: drawn apart from the training ones
 
@@ -37,13 +34,7 @@ def build_model(c: TTSConfig, features: int, captions: Sequence[str] = ()) -> Fu
     m = c.model
     tokenizer = {"words": WordTokenizer.fit(captions)} if m.tokenizer == "words" else "bytes"
     text = TextAdapter(m.dim, tokenizer=tokenizer, markers=(MODALITY,))
-    series = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
-                               name=MODALITY)
-    cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
-    diffusion = GaussianDiffusion.from_args(m)
-    return FusionModel(backbone_args(m, cond_dim=cond_dim), [text, series], diffusion=diffusion,
-                       diffusion_weight=m.diffusion_weight, cond_dropout=m.cond_dropout,
-                       fourier_weight={MODALITY: m.fourier_weight} if m.fourier_weight else None)
+    return series_model(m, features, [text], diffusion_weight=m.diffusion_weight, cond_dropout=m.cond_dropout)
 
 
 def encode_pair(model: FusionModel, caption: str, series: np.ndarray, series_first: bool,

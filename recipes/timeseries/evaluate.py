@@ -134,12 +134,12 @@ def real_floor(c: TSConfig, splits: Splits, real: np.ndarray, e: TSEvalArgs, val
     if c.data.source == "sine":
         ref = held_out(c, splits, e.n, e.seed + 1)[0]
         return _as_dict(score(real, ref, e, e.seed, value_range)), f"a second draw of {len(ref)} sine windows"
+    order = rng.permutation(len(splits.train))  # indices: only the windows scored are copied
     if c.eval.against == "train":
-        pool = splits.train[rng.permutation(len(splits.train))]
-        k = min(e.n, len(pool) // 2)
-        return (_as_dict(score(pool[:k], pool[k: 2 * k], e, e.seed, value_range)),
-                f"two disjoint halves of the training windows, {k} vs {k}")
-    ref = splits.train[rng.permutation(len(splits.train))[: e.n]]
+        k = min(e.n, len(order) // 2)
+        a, b = splits.train[order[:k]], splits.train[order[k: 2 * k]]
+        return _as_dict(score(a, b, e, e.seed, value_range)), f"two disjoint halves of the training windows, {k} vs {k}"
+    ref = splits.train[order[: e.n]]
     return _as_dict(score(real, ref, e, e.seed, value_range)), f"{len(ref)} training windows against the test windows"
 
 

@@ -4,16 +4,18 @@ bidirectional span (TransFusion is FusionModel with a single continuous modality
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from fusion_core.adapter import Adapter
 from fusion_core.diffusion import GaussianDiffusion
 from fusion_core.model import FusionModel, Item
 from fusion_core.modalities.timeseries import TimeSeriesAdapter
 from fusion_core.engine.recipe import TrainJob
 from fusion_core.transformer import backbone_args
 
-from .config import TSConfig
+from .config import TSConfig, TSModelArgs
 from .metrics import check_metric_sizes
 from .splits import Splits, load_splits, prepare, save_splits
 
@@ -39,14 +41,21 @@ def run_data(c: TSConfig, run_dir: Path) -> Splits:
     return load_splits(path, c.data.length, c.data.stride)
 
 
-def build_model(c: TSConfig, features: int) -> FusionModel:
-    m = c.model
+def series_model(m: TSModelArgs, features: int, others: Sequence[Adapter] = (), **kwargs) -> FusionModel:
+    """A model with a time-series adapter built from every series key of ``model.*`` (the
+    adapter's patch, scaling and timestep, adaLN's width, the diffusion, the Fourier loss weight),
+    beside ``others`` (adapters listed first); ``kwargs`` go to :class:`FusionModel`. Every recipe
+    with series builds through it, so no ``model.*`` key is read by one recipe and dropped by another."""
     adapter = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
                                 name=MODALITY)
     cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
-    diffusion = GaussianDiffusion.from_args(m)
-    return FusionModel(backbone_args(m, cond_dim=cond_dim), [adapter], diffusion=diffusion,
-                       fourier_weight={MODALITY: m.fourier_weight} if m.fourier_weight else None)
+    return FusionModel(backbone_args(m, cond_dim=cond_dim), [*others, adapter],
+                       diffusion=GaussianDiffusion.from_args(m),
+                       fourier_weight={MODALITY: m.fourier_weight} if m.fourier_weight else None, **kwargs)
+
+
+def build_model(c: TSConfig, features: int) -> FusionModel:
+    return series_model(c.model, features)
 
 
 def setup(c: TSConfig, run_dir: Path, data=None) -> TrainJob:
