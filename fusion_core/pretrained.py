@@ -382,10 +382,10 @@ def _check_shapes(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sou
     unexpected = sorted(set(state) - set(own))
     if unexpected:
         raise ValueError(f"{source}: weights {unexpected[:5]} do not exist in the described model")
-    for k, v in state.items():
-        if own[k].shape != v.shape:
-            raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, the described model "
-                             f"{tuple(own[k].shape)}")
+    wrong = [f"{k} has shape {tuple(v.shape)}, the described model {tuple(own[k].shape)}"
+             for k, v in state.items() if own[k].shape != v.shape]
+    if wrong:  # all of them: one feature count shows in several tensors, and the first may not say which
+        raise ValueError(f"{source}: " + "; ".join(wrong[:8]) + (f"; and {len(wrong) - 8} more" if len(wrong) > 8 else ""))
 
 
 def _load_checked(model: torch.nn.Module, path: Path) -> None:

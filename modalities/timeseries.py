@@ -7,7 +7,10 @@ Here a window can also be cut into patches of ``k`` steps (fewer positions for l
 the step can instead be added to every position or fed to the backbone's adaLN conditioning.
 
 Scaling is fitted on training data (:meth:`TimeSeriesAdapter.fit`), kept in the adapter's state
-dict, and inverted by :meth:`decode`.
+dict, and inverted by :meth:`decode`. The fit also finds features that are exact copies of an
+earlier one in every training row (Stocks' Close and Adj_Close, Energy's rv1 and rv2): decode
+writes each such copy from its source, so generated series keep the identity the data has
+instead of two independently noisy channels (``tie_duplicates=False`` to learn both).
 
 Shapes: n windows, T steps, F features, k steps per patch, D width.
 """
@@ -34,6 +37,19 @@ SCALINGS = ("minmax", "standard", "none")
 TIMESTEP_MODES = ("token", "add", "adaln")
 
 
+def duplicate_sources(x: np.ndarray) -> np.ndarray:
+    """For rows ``(N, F)``: ``src[j]`` is the first feature ``i <= j`` equal to feature ``j`` in every
+    row (both NaN counts as equal), so ``src[j] == j`` for a feature that copies no earlier one."""
+    x = np.asarray(x, dtype=np.float64)
+    src = np.arange(x.shape[1])
+    for j in range(1, x.shape[1]):
+        for i in range(j):
+            if src[i] == i and np.array_equal(x[:, i], x[:, j], equal_nan=True):
+                src[j] = i
+                break
+    return src
+
+
 class TimeSeriesAdapter(Adapter):
     """Windows of a multivariate series in and out of the backbone.
 
@@ -46,6 +62,8 @@ class TimeSeriesAdapter(Adapter):
             (added to every position) or ``"adaln"`` (backbone conditioning; set the backbone's
             ``cond_dim`` to ``dim``).
         name: modality name (default ``"timeseries"``).
+        tie_duplicates: let :meth:`fit` tie features equal to an earlier feature in every
+            training row (NaN where it is NaN) to that feature: :meth:`decode` copies it.
 
     Raises:
         ValueError: an unknown scaling or timestep mode; ``features`` or ``patch`` not a
@@ -57,7 +75,7 @@ class TimeSeriesAdapter(Adapter):
     fp32_buffers = ("shift", "scale")  # user units (1013 hPa) need float32's precision under a bf16 model
 
     def __init__(self, dim: int, features: int, patch: int = 1, scaling: str = "minmax",
-                 timestep: str = "token", name: str = "timeseries"):
+                 timestep: str = "token", name: str = "timeseries", tie_duplicates: bool = True):
         super().__init__(dim)
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
@@ -76,7 +94,7 @@ class TimeSeriesAdapter(Adapter):
                 f"{max(1, dim // features)} or a model at least {patch * features} wide",
                 UnderfitWarning, stacklevel=2)
         self.name, self.features, self.patch = name, features, patch
-        self.scaling, self.timestep = scaling, timestep
+        self.scaling, self.timestep, self.tie_duplicates = scaling, timestep, tie_duplicates
         self.inp = nn.Linear(features * patch, dim)
         self.out = nn.Linear(dim, features * patch)
         self.t_embed = TimestepEmbedding(dim)
@@ -84,6 +102,17 @@ class TimeSeriesAdapter(Adapter):
         self.register_buffer("shift", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
         self.register_buffer("fitted", torch.tensor(scaling == "none"))
+        # tie[j]: the feature decode writes into feature j (j itself unless j copies an earlier one)
+        self.register_buffer("tie", torch.arange(features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "tie", torch.arange(self.features))  # saved before ties existed
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def ties(self) -> dict[int, int]:
+        """``{copy: source}`` for each feature :meth:`decode` writes from another one."""
+        return {j: int(i) for j, i in enumerate(self.tie.tolist()) if i != j}
 
     # -- scaling ------------------------------------------------------------------------------
     def fit(self, data: Tensor | np.ndarray) -> "TimeSeriesAdapter":
@@ -105,6 +134,8 @@ class TimeSeriesAdapter(Adapter):
             raise ValueError("cannot fit the scaler: a feature has no finite values")
         self.shift.copy_(shift.float())
         self.scale.copy_(scale.float())
+        self.tie.copy_(torch.from_numpy(duplicate_sources(x.numpy())) if self.tie_duplicates
+                       else torch.arange(self.features))
         self.fitted.fill_(True)
         return self
 
@@ -179,8 +210,9 @@ class TimeSeriesAdapter(Adapter):
         return True
 
     def decode(self, payload: Tensor) -> Tensor:
-        """Scaled payload ``(..., T, F)`` → user units."""
-        return payload * self.scale.to(payload.device) + self.shift.to(payload.device)
+        """Scaled payload ``(..., T, F)`` → user units (tied features copied from their source)."""
+        x = payload * self.scale.to(payload.device) + self.shift.to(payload.device)
+        return x[..., self.tie.to(payload.device)] if self.ties else x
 
     def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
         if t is None:

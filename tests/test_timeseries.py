@@ -467,6 +467,62 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     report = (tmp_path / "s" / "report.md").read_text()
     assert "not run: lds, lps, fid" in report and "--full" in report
     assert "papers' protocol" in report and "two disjoint halves of the training windows" in report
+    log = (tmp_path / "s" / "train.log").read_text()  # Close and Adj_Close are one column twice
+    assert "Adj_Close = Close in every training row, generated as its copy" in log
+    fake = np.load(tmp_path / "s" / "eval_samples.npy")
+    assert np.array_equal(fake[..., 4], fake[..., 3]) and not np.array_equal(fake[..., 2], fake[..., 3])
+
+
+def test_features_copying_an_earlier_one_are_found_exactly_and_decoded_as_copies():
+    """#27: a feature equal to an earlier one in every training row (NaN where it is NaN) is tied
+    to the first such feature, by brute force over the pairs; decode writes it from its source
+    whatever the model drew; off, and for checkpoints saved before ties, nothing is tied."""
+    from fusion_core.modalities.timeseries import TimeSeriesAdapter, duplicate_sources
+
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 6))
+    x[:, 2] = x[:, 0]
+    x[:, 5] = x[:, 0]  # a second copy of the same source
+    x[:, 4] = x[:, 1]
+    x[7, 1] = x[7, 4] = np.nan  # missing in both: still a copy
+    x[:, 3] = x[:, 1] + 1e-12  # nearly equal is not equal
+    x[3, 3] = np.nan
+    brute = [next(i for i in range(j + 1) if np.array_equal(x[:, i], x[:, j], equal_nan=True)) for j in range(6)]
+    assert duplicate_sources(x).tolist() == brute == [0, 1, 0, 3, 1, 0]
+    a = TimeSeriesAdapter(32, 6).fit(x)
+    assert a.ties == {2: 0, 4: 1, 5: 0}
+    out = a.decode(torch.randn(3, 10, 6))
+    assert torch.equal(out[..., 2], out[..., 0]) and torch.equal(out[..., 5], out[..., 0])
+    assert torch.equal(out[..., 4], out[..., 1]) and not torch.equal(out[..., 3], out[..., 1])
+    assert TimeSeriesAdapter(32, 6, tie_duplicates=False).fit(x).ties == {}
+    old = {k: v for k, v in a.state_dict().items() if k != "tie"}
+    b = TimeSeriesAdapter(32, 6)
+    b.load_state_dict(old)
+    assert b.ties == {}
+    b.load_state_dict(a.state_dict())
+    assert b.ties == a.ties
+
+
+def test_the_feature_discriminative_score_is_near_zero_for_one_distribution_and_half_for_two():
+    """#27: the second discriminative method against closed cases: two draws of one distribution
+    score near 0, a shift of the level or of the roughness scores near 0.5, and each of its
+    summary statistics matches a direct computation on one window."""
+    rng = np.random.default_rng(1)
+    walk = lambda n, s: np.cumsum(rng.normal(0, s, (n, 48, 2)), axis=1) + 0.5  # noqa: E731
+    a, b = walk(500, 0.02), walk(500, 0.02)
+    assert metrics.feature_discriminative_score(a, b, seed=0) < 0.06
+    assert metrics.feature_discriminative_score(a, a + 0.2, seed=0) > 0.45
+    assert metrics.feature_discriminative_score(a, walk(500, 0.04), seed=0) > 0.45
+    w = a[0]
+    f = metrics.window_features(a[:1])[0]
+    d = np.diff(w, axis=0)
+    c = w - w.mean(0)
+    cd = d - d.mean(0)
+    assert np.allclose(f[:8], [*w.mean(0), *w.std(0), *w.min(0), *w.max(0)])
+    assert np.allclose(f[8:14], [*(w[-1] - w[0]), *np.abs(d).mean(0), *d.std(0)])
+    assert np.allclose(f[14:16], (c[1:] * c[:-1]).sum(0) / (c * c).sum(0))
+    assert np.allclose(f[16:18], (cd[1:] * cd[:-1]).sum(0) / (cd * cd).sum(0))
+    assert np.isclose(f[-1], np.corrcoef(w[:, 0], w[:, 1])[0, 1])
 
 
 def test_the_real_floor_under_the_papers_protocol_scores_two_disjoint_halves(monkeypatch):

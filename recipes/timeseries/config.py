@@ -80,6 +80,7 @@ class TSModelArgs(TransformerArgs):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     fourier_weight: float = 0.0
+    tie_duplicates: bool = True  # features equal to an earlier one in every training row are decoded as its copy
 
     def __post_init__(self):
         super().__post_init__()

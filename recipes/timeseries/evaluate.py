@@ -125,22 +125,29 @@ def held_out_starts(c: TSConfig, splits: Splits, n: int, seed: int = 0) -> np.nd
 
 def real_floor(c: TSConfig, splits: Splits, real: np.ndarray, e: TSEvalArgs, value_range) -> tuple[dict, str]:
     """Real windows scored against real windows, the same way as the generated ones: what the
-    metrics give two samples of the real distribution (the floor). Sine: a fresh draw against
-    ``real``. Loaded data scored against the test split: the training windows against it (the
-    distribution-shift floor of a chronological split). Scored against the training windows
-    (``eval.against=train``): two disjoint halves of them — drawing both sides from one pool would
-    share most windows and flatter the floor."""
+    metrics give two samples of the real distribution (the floor); the pair is
+    :func:`floor_pair`'s."""
+    a, b, kind = floor_pair(c, splits, real, e)
+    return _as_dict(score(a, b, e, e.seed, value_range)), kind
+
+
+def floor_pair(c: TSConfig, splits: Splits, real: np.ndarray, e: TSEvalArgs) -> tuple[np.ndarray, np.ndarray, str]:
+    """The two real samples :func:`real_floor` scores against each other, and what they are.
+    Sine: ``real`` against a fresh draw. Loaded data scored against the test split: the test
+    windows against training windows (the distribution-shift floor of a chronological split).
+    Scored against the training windows (``eval.against=train``): two disjoint halves of them —
+    drawing both sides from one pool would share most windows and flatter the floor."""
     rng = np.random.default_rng(e.seed + 7)
     if c.data.source == "sine":
         ref = held_out(c, splits, e.n, e.seed + 1)[0]
-        return _as_dict(score(real, ref, e, e.seed, value_range)), f"a second draw of {len(ref)} sine windows"
+        return real, ref, f"a second draw of {len(ref)} sine windows"
     order = rng.permutation(len(splits.train))  # indices: only the windows scored are copied
     if c.eval.against == "train":
         k = min(e.n, len(order) // 2)
-        a, b = splits.train[order[:k]], splits.train[order[k: 2 * k]]
-        return _as_dict(score(a, b, e, e.seed, value_range)), f"two disjoint halves of the training windows, {k} vs {k}"
+        return (splits.train[order[:k]], splits.train[order[k: 2 * k]],
+                f"two disjoint halves of the training windows, {k} vs {k}")
     ref = splits.train[order[: e.n]]
-    return _as_dict(score(real, ref, e, e.seed, value_range)), f"{len(ref)} training windows against the test windows"
+    return real, ref, f"{len(ref)} training windows against the test windows"
 
 
 def _as_dict(scores: dict) -> dict:

@@ -47,7 +47,7 @@ def series_model(m: TSModelArgs, features: int, others: Sequence[Adapter] = (), 
     beside ``others`` (adapters listed first); ``kwargs`` go to :class:`FusionModel`. Every recipe
     with series builds through it, so no ``model.*`` key is read by one recipe and dropped by another."""
     adapter = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
-                                name=MODALITY)
+                                name=MODALITY, tie_duplicates=m.tie_duplicates)
     cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
     return FusionModel(backbone_args(m, cond_dim=cond_dim), [*others, adapter],
                        diffusion=GaussianDiffusion.from_args(m),
@@ -82,6 +82,10 @@ def setup(c: TSConfig, run_dir: Path, data=None) -> TrainJob:
 
     summary = (f"data {c.data.source}: {len(splits.train)}/{len(splits.validation)}/{len(splits.test)} windows "
                f"of {c.data.length} x {splits.train.shape[2]}")
+    names = splits.columns or [str(k) for k in range(splits.train.shape[2])]
+    if adapter.ties:  # said once, where the run's data is described
+        summary += "; " + ", ".join(f"{names[j]} = {names[i]} in every training row, generated as its copy"
+                                    for j, i in adapter.ties.items()) + " (model.tie_duplicates=false: learn both)"
     return TrainJob(model, examples, collate, summary, save)
 
 
