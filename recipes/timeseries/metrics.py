@@ -244,6 +244,16 @@ def one_nn_score(real: np.ndarray, fake: np.ndarray, real_at: np.ndarray | None 
     return float(((right[:len(real)].mean() - 0.5).abs() + (right[len(real):].mean() - 0.5).abs()) / 2)
 
 
+WINDOW_STATISTICS = ("mean", "std", "min", "max", "change", "mean |step|", "step std", "lag-1 acf", "step lag-1 acf")
+
+
+def window_feature_names(columns: list[str]) -> list[str]:
+    """What each column of :func:`window_features` is, e.g. ``"lag-1 acf of Close"``, ``"corr Open~Close"``."""
+    pairs = np.triu_indices(len(columns), 1)
+    return ([f"{stat} of {c}" for stat in WINDOW_STATISTICS for c in columns]
+            + [f"corr {columns[i]}~{columns[j]}" for i, j in zip(*pairs)])
+
+
 def window_features(x: np.ndarray) -> np.ndarray:
     """Summary statistics of each window, ``(n, L, F) -> (n, 9 F + F (F - 1) / 2)``: per feature
     the mean, standard deviation, minimum, maximum, first-to-last change, mean absolute step,
