@@ -471,6 +471,17 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     assert "Adj_Close = Close in every training row, generated as its copy" in log
     fake = np.load(tmp_path / "s" / "eval_samples.npy")
     assert np.array_equal(fake[..., 4], fake[..., 3]) and not np.array_equal(fake[..., 2], fake[..., 3])
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    expect = {"disc_repeats.py": "window statistics that tell generated from real apart", "denoise_floor.py": "RMS error, Volume"}
+    for script, extra in (("disc_repeats.py", ["--skip-gru", "--repeats", "2"]), ("denoise_floor.py", ["--n", "8", "--features", "Volume"])):
+        done = subprocess.run([sys.executable, str(bench / script), str(tmp_path / "s"), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert expect[script] in done.stdout and done.stdout.strip().splitlines()[-1].startswith('{"bench": ')
 
 
 def test_features_copying_an_earlier_one_are_found_exactly_and_decoded_as_copies():
