@@ -38,7 +38,7 @@ def main() -> None:
     adapter, diffusion = model.adapters[MODALITY], model.diffusion[MODALITY]
     real, _ = held_out(c, splits, a.n, c.eval.seed)
     x0 = adapter.encode(real).float().to(model.device)
-    columns = splits.columns or [str(k) for k in range(x0.shape[-1])]
+    columns = splits.feature_names
     unknown = [f for f in a.features if f not in columns]
     if unknown:
         raise SystemExit(f"unknown features {unknown}; the run has {columns}")
@@ -53,9 +53,10 @@ def main() -> None:
             tt = torch.full((len(x0),), t, dtype=torch.long, device=x0.device)
             xt = ab.sqrt() * x0 + sigma * eps
             est, _ = diffusion.to_x0_eps(xt, tt, denoise(xt, tt))
-            err = (est - x0).pow(2).mean((0, 1)).sqrt()
-            row = {"t": t, "sigma_t": round(sigma, 4), "RMS error, all features": round(float(err.pow(2).mean().sqrt()), 4),
-                   "removed": f"{1 - float(err.pow(2).mean().sqrt()) / sigma:.0%}"}
+            err = (est - x0).pow(2).mean((0, 1)).sqrt()  # per feature
+            total = float((est - x0).pow(2).mean().sqrt())
+            row = {"t": t, "sigma_t": round(sigma, 4), "RMS error, all features": round(total, 4),
+                   "removed": f"{1 - total / sigma:.0%}"}
             row.update({f"RMS error, {f}": round(float(err[columns.index(f)]), 4) for f in a.features})
             rows.append(row)
     print_table(rows, f"x0 estimate from noised real windows, run {a.run} ({len(x0)} windows, payload units)")

@@ -8,7 +8,7 @@ samples apart in a given run or does not, so at lengths 100-384 its repeats can 
 and the real-vs-real floor (the same pair ``fusion evaluate`` scores), with
 
 - the GRU discriminative score (the recipe's, TimeGAN's protocol), each of ``--repeats`` runs shown;
-- the feature discriminative score (``metrics.feature_discriminative_score``: logistic regression
+- the feature discriminative score (``window_stats.feature_discriminative_score``: logistic regression
   on window summary statistics, out of fold), ``--repeats`` fold shuffles — it trains no network
   on the raw series, so it cannot fail to learn the way the GRU can.
 
@@ -29,8 +29,8 @@ import torch
 
 from common import print_json, print_table
 from fusion_core.engine.stats import mean_ci95
-from fusion_core.recipes.timeseries import block_metrics, metrics
-from fusion_core.recipes.timeseries.evaluate import floor_pair, held_out
+from fusion_core.recipes.timeseries import block_metrics, window_stats
+from fusion_core.recipes.timeseries.evaluate import floor_pair, held_out, unit_scale
 from fusion_core.recipes.timeseries.sample import load_run
 
 
@@ -44,17 +44,17 @@ def main() -> None:
     a = ap.parse_args()
     c, _, splits = load_run(a.run, ["eval.progress=false"])
     e = c.eval
-    real, (lo, hi) = held_out(c, splits, e.n, e.seed)
+    real, value_range = held_out(c, splits, e.n, e.seed)
     fake = np.load(a.samples or a.run / "eval_samples.npy")
     fa, fb, kind = floor_pair(c, splits, real, e)
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
-    pairs = {"generated vs real": ((real - lo) / span, (fake - lo) / span), f"floor ({kind})": ((fa - lo) / span, (fb - lo) / span)}
+    r, f, ra, rb = unit_scale((real, fake, fa, fb), value_range)
+    pairs = {"generated vs real": (r, f), f"floor ({kind})": (ra, rb)}
     seeds = [e.seed + k for k in range(a.repeats)]
     torch.set_num_threads(1)  # tiny GRUs: one thread is faster (bench/scoring.py)
     rows, out = [], {}
     for name, (r, f) in pairs.items():
         t0 = time.time()
-        feat = [metrics.feature_discriminative_score(r, f, seed=s) for s in seeds]
+        feat = [window_stats.feature_discriminative_score(r, f, seed=s) for s in seeds]
         row = {"pair": name, "feature score": "%.4f ± %.4f" % mean_ci95(feat),
                "feature runs": " ".join(f"{v:.3f}" for v in feat)}
         out[name] = {"feature": feat}
@@ -67,20 +67,9 @@ def main() -> None:
         rows.append(row)
     print_table(rows, f"discriminative scores, run {a.run}: {len(real)} real vs {len(fake)} generated windows "
                 f"of {real.shape[1]} x {real.shape[2]}, {a.repeats} runs each (mean ± 95% interval)")
-    top = telling_statistics(*pairs["generated vs real"], splits.columns or [str(k) for k in range(real.shape[2])], a.top)
+    top = window_stats.statistic_aucs(*pairs["generated vs real"], splits.feature_names, a.top)
     print_table(top, "window statistics that tell generated from real apart, one at a time (AUC 0.5: no difference)")
     print_json("disc_repeats", rows, run=str(a.run), runs=out, statistics=top)
-
-
-def telling_statistics(real: np.ndarray, fake: np.ndarray, columns: list[str], top: int) -> list[dict]:
-    from sklearn.metrics import roc_auc_score
-
-    xr, xf = metrics.window_features(real), metrics.window_features(fake)
-    y = np.r_[np.ones(len(xr)), np.zeros(len(xf))]
-    auc = np.array([roc_auc_score(y, np.r_[xr[:, j], xf[:, j]]) for j in range(xr.shape[1])])
-    names = metrics.window_feature_names(columns)
-    return [{"statistic": names[j], "AUC": round(float(auc[j]), 3), "real median": round(float(np.median(xr[:, j])), 4),
-             "generated median": round(float(np.median(xf[:, j])), 4)} for j in np.argsort(-np.abs(auc - 0.5))[:top]]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from common import print_json, print_table
-from fusion_core.recipes.timeseries.evaluate import held_out, held_out_starts
+from fusion_core.recipes.timeseries.evaluate import held_out, held_out_starts, unit_scale
 from fusion_core.recipes.timeseries.sample import load_run
 
 
@@ -36,11 +36,10 @@ def main() -> None:
     a = ap.parse_args()
     c, _, splits = load_run(a.run, ["eval.progress=false"])
     e = c.eval
-    real, (lo, hi) = held_out(c, splits, e.n, e.seed)
+    real, value_range = held_out(c, splits, e.n, e.seed)
     at = held_out_starts(c, splits, e.n, e.seed)
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
     fake = np.load(a.samples or a.run / "eval_samples.npy")
-    r, f = (real - lo) / span, (fake - lo) / span
+    r, f = unit_scale((real, fake), value_range)
     n, L = len(r), r.shape[1]
     x = torch.as_tensor(np.concatenate([r, f]).reshape(n + len(f), -1), dtype=torch.float64)
     d = torch.cdist(x, x)

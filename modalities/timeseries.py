@@ -212,7 +212,7 @@ class TimeSeriesAdapter(Adapter):
     def decode(self, payload: Tensor) -> Tensor:
         """Scaled payload ``(..., T, F)`` → user units (tied features copied from their source)."""
         x = payload * self.scale.to(payload.device) + self.shift.to(payload.device)
-        return x[..., self.tie.to(payload.device)] if self.ties else x
+        return x[..., self.tie.to(payload.device)]  # the identity order where nothing is tied
 
     def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
         if t is None:

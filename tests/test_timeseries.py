@@ -15,7 +15,7 @@ from fusion_core.engine.recipe import get_recipe
 from fusion_core import generation as gen
 from fusion_core.diffusion import make_sampler
 from fusion_core.diffusion.repaint import repaint
-from fusion_core.recipes.timeseries import metrics
+from fusion_core.recipes.timeseries import metrics, window_stats
 from fusion_core.recipes.timeseries import sine_fit as SF
 from fusion_core.recipes.timeseries.data import (from_dataframe, from_increments, handle_missing, load_series,
                                                  sine, to_increments)
@@ -521,11 +521,11 @@ def test_the_feature_discriminative_score_is_near_zero_for_one_distribution_and_
     rng = np.random.default_rng(1)
     walk = lambda n, s: np.cumsum(rng.normal(0, s, (n, 48, 2)), axis=1) + 0.5  # noqa: E731
     a, b = walk(500, 0.02), walk(500, 0.02)
-    assert metrics.feature_discriminative_score(a, b, seed=0) < 0.06
-    assert metrics.feature_discriminative_score(a, a + 0.2, seed=0) > 0.45
-    assert metrics.feature_discriminative_score(a, walk(500, 0.04), seed=0) > 0.45
+    assert window_stats.feature_discriminative_score(a, b, seed=0) < 0.06
+    assert window_stats.feature_discriminative_score(a, a + 0.2, seed=0) > 0.45
+    assert window_stats.feature_discriminative_score(a, walk(500, 0.04), seed=0) > 0.45
     w = a[0]
-    f = metrics.window_features(a[:1])[0]
+    f = window_stats.window_features(a[:1])[0]
     d = np.diff(w, axis=0)
     c = w - w.mean(0)
     cd = d - d.mean(0)

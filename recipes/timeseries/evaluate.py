@@ -41,9 +41,8 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
     """Every requested metric as (mean, 95% half-width) over ``e.repeats`` runs. Both inputs are
     in user units and are min-max scaled with ``value_range`` (per-feature lo, hi; TimeGAN's
     convention: the dataset's range, identity for the [0, 1] sine data) before scoring."""
-    lo, hi = value_range if value_range is not None else (real.min(axis=(0, 1)), real.max(axis=(0, 1)))
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
-    r, f = (real - lo) / span, (fake - lo) / span
+    r, f = unit_scale((real, fake), value_range if value_range is not None
+                      else (real.min(axis=(0, 1)), real.max(axis=(0, 1))))
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     fns = {
         "disc": lambda s: metrics.discriminative_score(r, f, "gru", e.disc_iters, e.batch, s, dev),
@@ -78,6 +77,14 @@ def score(real: np.ndarray, fake: np.ndarray, e: TSEvalArgs, seed: int = 0,
         else:
             out[name] = mean_ci95(runs[name])
     return out
+
+
+def unit_scale(arrays, value_range) -> list[np.ndarray]:
+    """Each array in user units mapped to [0, 1] by ``value_range`` (per-feature lo, hi), the
+    metrics' input: TimeGAN's convention; a constant feature is only shifted."""
+    lo, hi = value_range
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    return [(x - lo) / span for x in arrays]
 
 
 def held_out(c: TSConfig, splits: Splits, n: int, seed: int = 0, long_factor: int = 1):

@@ -14,8 +14,8 @@ official code's faults fixed.
 - The GRU scores' repeats trained as one block-diagonal model: :mod:`.block_metrics`.
 - **Marginal JSD**: Jensen–Shannon divergence of each feature's histogram, averaged.
 - **1-NN two-sample test** (:func:`one_nn_score`): no training; for independent samples.
-- **Feature discriminative score** (:func:`feature_discriminative_score`): logistic regression on
-  each window's summary statistics; a second method beside the GRU's, with no training failures.
+- **Feature discriminative score** (:func:`.window_stats.feature_discriminative_score`): logistic
+  regression on each window's summary statistics; a second method beside the GRU's.
 - **Sine fit** (built-in sine data only): :mod:`.sine_fit`.
 
 Fixed faults of the official code: the metric networks are switched to eval mode for testing; the
@@ -242,66 +242,6 @@ def one_nn_score(real: np.ndarray, fake: np.ndarray, real_at: np.ndarray | None 
     label = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
     right = (label[nearest] == label).double()
     return float(((right[:len(real)].mean() - 0.5).abs() + (right[len(real):].mean() - 0.5).abs()) / 2)
-
-
-WINDOW_STATISTICS = ("mean", "std", "min", "max", "change", "mean |step|", "step std", "lag-1 acf", "step lag-1 acf")
-
-
-def window_feature_names(columns: list[str]) -> list[str]:
-    """What each column of :func:`window_features` is, e.g. ``"lag-1 acf of Close"``, ``"corr Open~Close"``."""
-    pairs = np.triu_indices(len(columns), 1)
-    return ([f"{stat} of {c}" for stat in WINDOW_STATISTICS for c in columns]
-            + [f"corr {columns[i]}~{columns[j]}" for i, j in zip(*pairs)])
-
-
-def window_features(x: np.ndarray) -> np.ndarray:
-    """Summary statistics of each window, ``(n, L, F) -> (n, 9 F + F (F - 1) / 2)``: per feature
-    the mean, standard deviation, minimum, maximum, first-to-last change, mean absolute step,
-    standard deviation of the steps, lag-1 autocorrelation of the values and of the steps; then
-    the Pearson correlation of each pair of features within the window."""
-    x = np.asarray(x, dtype=np.float64)
-    d = np.diff(x, axis=1)
-
-    def acf1(v):  # lag-1 autocorrelation along time, per window and feature (0 for a flat one)
-        c = v - v.mean(1, keepdims=True)
-        den = (c * c).sum(1)
-        return np.where(den > 0, (c[:, 1:] * c[:, :-1]).sum(1) / np.where(den > 0, den, 1.0), 0.0)
-
-    parts = [x.mean(1), x.std(1), x.min(1), x.max(1), x[:, -1] - x[:, 0], np.abs(d).mean(1), d.std(1),
-             acf1(x), acf1(d)]
-    n, _, f = x.shape
-    if f > 1:
-        c = x - x.mean(1, keepdims=True)
-        sd = np.sqrt((c * c).sum(1))
-        cov = np.einsum("nlf,nlg->nfg", c, c)
-        corr = cov / np.where(sd > 0, sd, 1.0)[:, :, None] / np.where(sd > 0, sd, 1.0)[:, None, :]
-        iu = np.triu_indices(f, 1)
-        parts.append(corr[:, iu[0], iu[1]])
-    return np.concatenate(parts, axis=1)
-
-
-def feature_discriminative_score(real: np.ndarray, fake: np.ndarray, seed: int = 0, folds: int = 5) -> float:
-    """A second discriminative score that trains no network on the raw series: L2-regularised
-    logistic regression on each window's summary statistics (:func:`window_features`,
-    standardised), ``|accuracy - 0.5|`` out of fold over ``folds`` stratified folds (both samples
-    cut to the same size). A GRU classifier on long windows (hidden size ``F // 2``, hundreds of
-    steps) either learns or does not in a given run, so its repeats scatter between ~0 and 0.5;
-    this one has no such failure mode, and sees what a summary sees (levels, ranges, roughness,
-    autocorrelation, cross-feature correlation), not the order of events in a window."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    _check(real, fake)
-    rng = np.random.default_rng(seed)
-    n = min(len(real), len(fake))
-    r, f = real[rng.permutation(len(real))[:n]], fake[rng.permutation(len(fake))[:n]]
-    x = window_features(np.concatenate([r, f]))
-    y = np.r_[np.ones(n), np.zeros(n)]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    pred = cross_val_predict(clf, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    return abs(float((pred == y).mean()) - 0.5)
 
 
 def context_fid(real: np.ndarray, fake: np.ndarray, iters: int = 1000, batch: int = 128,

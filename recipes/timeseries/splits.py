@@ -63,6 +63,10 @@ class Splits:
     anchor: np.ndarray | None = None  # (F,) the user's last training level: where sampled paths start
     parts: dict | None = None
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The column names, or ``"0"``, ``"1"``, ... for data given without them."""
+        return list(self.columns) or [str(k) for k in range(np.asarray(self.fit_data).shape[-1])]
 
     def window_starts(self, name: str, stride: int = 1) -> np.ndarray | None:
         """Where each window of split ``name`` starts, on one time axis: windows of one split

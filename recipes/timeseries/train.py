@@ -82,7 +82,7 @@ def setup(c: TSConfig, run_dir: Path, data=None) -> TrainJob:
 
     summary = (f"data {c.data.source}: {len(splits.train)}/{len(splits.validation)}/{len(splits.test)} windows "
                f"of {c.data.length} x {splits.train.shape[2]}")
-    names = splits.columns or [str(k) for k in range(splits.train.shape[2])]
+    names = splits.feature_names
     if adapter.ties:  # said once, where the run's data is described
         summary += "; " + ", ".join(f"{names[j]} = {names[i]} in every training row, generated as its copy"
                                     for j, i in adapter.ties.items()) + " (model.tie_duplicates=false: learn both)"
