@@ -453,6 +453,8 @@ def test_fidelity_in_evaluation_scores_each_caption_group_against_its_real_floor
     out = fidelity(real, fake, c, tmp_path)
     groups = out["groups"]
     assert groups["all"]["n"] == 40 and sum(groups[g]["n"] for g in ("cycle", "no cycle") if g in groups) == 40
+    assert sum(groups[g]["n"] for g in ("low noise", "high noise") if g in groups) == 40
+    assert [i for i, p in enumerate(real.properties) if p.noise == "low"] == FI.caption_groups(real.properties)["low noise"]
     assert "disc" in groups["all"] and "disc_floor" in groups["all"] and "floor" in out
     assert all(("disc" in row) == (row["n"] >= 16) for row in groups.values())
     assert (tmp_path / "fidelity.png").stat().st_size > 0

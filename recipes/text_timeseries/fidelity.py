@@ -217,12 +217,14 @@ def second_opinion(x: np.ndarray, props: Sequence[P.Properties], fid: Fidelity) 
 
 
 def caption_groups(props: Sequence[P.Properties]) -> dict[str, list[int]]:
-    """Series indices per caption group: by event kind and by whether a cycle is described."""
+    """Series indices per caption group: by event kind, by whether a cycle is described and by
+    the noise level (a flaw of the smooth part shows against low noise, not high)."""
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(props):
         groups.setdefault({"none": "no event", "spike": "spike", "shift": "level shift"}[p.event_kind], []).append(i)
         groups.setdefault("cycle" if p.season else "no cycle", []).append(i)
-    order = ("no event", "spike", "level shift", "cycle", "no cycle")
+        groups.setdefault(f"{p.noise} noise", []).append(i)
+    order = ("no event", "spike", "level shift", "cycle", "no cycle", "low noise", "high noise")
     return {g: groups[g] for g in order if g in groups}
 
 
