@@ -482,6 +482,51 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert expect[script] in done.stdout and done.stdout.strip().splitlines()[-1].startswith('{"bench": ')
+    # the official-code comparison, end to end on a stand-in for that repository's files (the
+    # real one is not in CI): its model trained to the budget at the batch asked, sampled, both scored
+    stub = tmp_path / "official"
+    stub.mkdir()
+    (stub / "utils.py").write_text("")
+    (stub / "ddpm.py").write_text(OFFICIAL_STUB)
+    for name in ("long_discriminative_score", "long_predictive_score"):
+        (stub / f"{name}.py").write_text(f"def {name}_metrics(real, fake):\n"
+                                         "    return float(abs(real.mean() - fake.mean()))\n")
+    done = subprocess.run([sys.executable, str(bench / "official_transfusion.py"), "--repo", str(stub),
+                           "--preset", "stocks24", "--ours", str(tmp_path / "s"), "--out", str(tmp_path / "cmp"),
+                           "--budget-s", "1", "--their-batch", "16", "--their-steps", "2", "--official-repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "cmp" / "official_comparison.json").read_text())
+    assert result["official"]["batch"] == 16 and result["official"]["steps"] >= 1
+    assert {"fusion-core", "official", "real vs real (floor)"} == set(result["scores"])
+    assert "their_lds" in result["scores"]["official"] and "steps of 16" in done.stdout
+    assert np.load(tmp_path / "cmp" / "official_samples.npy").shape == np.load(tmp_path / "cmp" / "ours_samples.npy").shape
+
+
+OFFICIAL_STUB = """
+import torch
+from torch import nn
+
+
+class TransEncoder(nn.Module):
+    def __init__(self, features, latent_dim, num_heads, num_layers):
+        super().__init__()
+        self.lin = nn.Linear(features, features)
+
+
+class GaussianDiffusion1D(nn.Module):
+    def __init__(self, model, seq_length, timesteps, objective, loss_type, beta_schedule, sampling_timesteps,
+                 ddim_sampling_eta):
+        super().__init__()
+        self.model, self.length = model, seq_length
+
+    def forward(self, x):  # (n, F, L), as the official code's
+        y = x.transpose(1, 2)
+        return ((self.model.lin(y) - y) ** 2).mean()
+
+    def sample(self, n):
+        return torch.rand(n, self.model.lin.in_features, self.length)
+"""
 
 
 def test_features_copying_an_earlier_one_are_found_exactly_and_decoded_as_copies():
