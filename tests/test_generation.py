@@ -120,6 +120,19 @@ def test_guidance_settings_reach_the_sampler(model):
         SampleArgs(guidance=3.0, guidance_interval=[0.9, 0.1])
 
 
+def test_sample_spacing_picks_the_steps_the_sampler_visits(model):
+    """``sample.spacing`` reaches the sampler; empty keeps each sampler's own default."""
+    from fusion_core.diffusion import respace
+
+    d = model.diffusion["picture"]
+    assert SampleArgs(sampler="ddpm", steps=10).make(d).timesteps.tolist() == respace(d.T, 10, "trailing").tolist()
+    logsnr = SampleArgs(sampler="ddpm", steps=10, spacing="logsnr").make(d).timesteps
+    assert logsnr.tolist() == respace(d.T, 10, "logsnr", d.alphas_cumprod.numpy()).tolist() != respace(d.T, 10).tolist()
+    assert SampleArgs(sampler="ddim", steps=10, spacing="leading").make(d).timesteps.tolist() == respace(d.T, 10, "leading").tolist()
+    with pytest.raises(ValueError, match=r"spacing must be one of .*'logsnr'.* got 'log'"):
+        SampleArgs(spacing="log")
+
+
 def test_captions_and_spans_after_prompts(model):
     caps = caption(model, "sensor", np.random.default_rng(0).normal(10, 2, (3, 8, 2)), max_new_tokens=4)
     assert len(caps) == 3 and all(isinstance(c, str) for c in caps)

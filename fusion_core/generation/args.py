@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..diffusion import SAMPLERS, Guidance, Sampler, make_sampler
+from ..diffusion.respacing import SPACINGS
 from ..validation import check_finite_number, check_int
 
 
@@ -17,6 +18,10 @@ class SampleArgs:
     Attributes:
         sampler: ``ddpm`` (ancestral), ``ddim`` or ``dpm_solver`` (DPM-Solver++ 2M).
         steps: model evaluations per span, 1 to the process's T (T for full ancestral sampling).
+        spacing: which of the T steps ``sampler`` visits (:func:`~fusion_core.diffusion.respace`:
+            ``trailing``, ``linspace``, ``leading``, ``logsnr`` — even in log-SNR, the fine steps
+            near the data); empty = the sampler's own default (DDPM ``trailing``, DDIM
+            ``linspace``, DPM-Solver ``logsnr``).
         clip_x0: clamp each predicted x0 to ``[-clip_x0, clip_x0]``; 0 = off.
         guidance: classifier-free guidance scale for conditioned spans; 0 = off.
         guidance_interval: ``[lo, hi]`` fractions of T where guidance applies (elsewhere the
@@ -36,6 +41,7 @@ class SampleArgs:
 
     sampler: str = "dpm_solver"
     steps: int = 50
+    spacing: str = ""
     clip_x0: float = 1.0
     guidance: float = 0.0
     guidance_interval: list = field(default_factory=lambda: [0.0, 1.0])
@@ -60,6 +66,9 @@ class SampleArgs:
             check_int(f"sample.{key}", getattr(self, key), low=low)
         for key in ("clip_x0", "guidance", "temperature"):
             check_finite_number(f"sample.{key}", getattr(self, key), low=0)
+        if self.spacing and self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {list(SPACINGS)} or empty (the sampler's default), "
+                             f"got {self.spacing!r}")
         self.guidance_args  # checks the interval and the rescale
         if self.resample > 1 and SAMPLERS[self.cond_sampler].multistep:
             raise ValueError(f"resample={self.resample} needs a one-step cond_sampler (ddpm or ddim), "
@@ -72,7 +81,7 @@ class SampleArgs:
             ValueError: ``steps`` exceeds the process's T.
         """
         return make_sampler(self.sampler, diffusion, _steps("sample.steps", self.steps, diffusion),
-                            clip_x0=self.clip_x0 or None)
+                            spacing=self.spacing or None, clip_x0=self.clip_x0 or None)
 
     def make_conditional(self, diffusion) -> Sampler:
         """The sampler for forecasts, imputation and long series."""
