@@ -35,6 +35,8 @@ def profile(x: np.ndarray, props: list, family: str) -> dict:
     out = {}
     for level in ("low", "high"):
         m = np.array([p.noise == level for p in props])
+        if not m.any():
+            continue
         out[level] = {"n": int(m.sum()), "flagged": float((fid.extra_outliers[m] > 0).mean()),
                       "away": float((fid.extra_away[m] > 0).mean()), "noise": float(np.median(fid.noise[m])),
                       "acf1": float(np.median(fid.resid_acf1[m])), "miss before": float(np.median(before[m]))}

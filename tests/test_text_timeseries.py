@@ -3,6 +3,7 @@ held-out combinations, the CLI end to end, and bad input."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,6 +278,18 @@ def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_p
     assert (res["guidance"], res["guidance_interval"], res["guidance_rescale"]) == (2.5, [0.1, 0.6], 0.7)
     assert "forecast" not in res and "fidelity" not in res
     assert "interval [0.1, 0.6], rescale 0.7" in (run / "limited" / "report.md").read_text()
+    assert {"low noise", "high noise"} & set(fid)  # fidelity split by the captioned noise level
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "tts_shift_profile.py"
+    done = subprocess.run([sys.executable, str(bench), str(run), "--n", "6", "--variant", "",
+                           "eval.sample.sampler=ddpm eval.sample.steps=4 eval.sample.spacing=logsnr"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
+    assert {r["series"].split(" [")[0] for r in rows} >= {"real", "ddpm 4 logsnr"}
+    assert all(0 <= r["flagged"] <= 1 and r["n"] >= 1 for r in rows)
 
 
 def test_your_pairs_from_python_and_files(recipe, tmp_path):
