@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--rescore", action="store_true", help="score the samples and timings an earlier run "
                     "left in --out (run_info.json, *_samples.npy) instead of training and sampling again")
     a = ap.parse_args()
+    if a.their_batch < 1:
+        ap.error(f"--their-batch must be at least 1, got {a.their_batch}")
     if a.threads:
         torch.set_num_threads(a.threads)
     mods = load_official(a.repo.resolve())
@@ -183,8 +185,7 @@ def main() -> None:
         ours_sample_s = time.time() - t0
         diffusion, official = train_official(mods, ((splits.train - lo) / span).astype(np.float32),
                                              a.budget_s or ours_s, c.train.seed, a.their_steps, a.their_batch)
-        theirs01, their_sample_s = sample_official(diffusion, e.n, max(a.their_batch, 1000 * a.their_batch // 256),
-                                                   e.seed)
+        theirs01, their_sample_s = sample_official(diffusion, e.n, 1000 * a.their_batch // 256, e.seed)
         theirs = theirs01 * span + lo  # user units, as ours
         a.out.mkdir(parents=True, exist_ok=True)
         np.save(a.out / "official_samples.npy", theirs)

@@ -6,10 +6,11 @@ captioned noise level: the share of series the fit flags, the residual's noise l
 lag-1 autocorrelation (white noise: ~0), and how far the step before the shift sits from the
 fitted step (median |residual| / shift size: a ramp puts it off the step).
 
-    python bench/tts_shift_profile.py RUN [--n 100] [--variant "" "eval.sample.steps=1000" ...]
+    python bench/tts_shift_profile.py RUN [--n 100] [--pool 300] [--variant "" "eval.sample.steps=1000" ...]
 
-A variant is a space-separated list of config overrides ("" = the run's own settings). Prints a
-table and a JSON line.
+A variant is a space-separated list of sampling overrides (``eval.sample.*``; "" = the run's own
+settings); every variant draws for the same captions with the same model. Prints a table and a
+JSON line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from common import print_json, print_table
 from fusion_core.recipes.text_timeseries import fidelity as FI
+from fusion_core.recipes.text_timeseries import recipe
 from fusion_core.recipes.text_timeseries.evaluate import text_to_series
 from fusion_core.recipes.text_timeseries.sample import load_run
 from fusion_core.recipes.text_timeseries.train import test_pairs
@@ -46,29 +48,29 @@ def profile(x: np.ndarray, props: list, family: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
-    ap.add_argument("--n", type=int, default=100, help="seen level-shift captions")
-    ap.add_argument("--variant", nargs="+", default=[""], help="config overrides per variant ('' = the run's)")
+    ap.add_argument("--n", type=int, default=100, help="seen level-shift captions (at most those among --pool)")
+    ap.add_argument("--pool", type=int, default=300, help="seen captions drawn (the run's eval.n per group)")
+    ap.add_argument("--variant", nargs="+", default=[""],
+                    help="sampling overrides per variant, e.g. 'eval.sample.steps=1000' ('' = the run's)")
     a = ap.parse_args()
-    rows = []
-    real_done = False
+    base = [f"eval.n={a.pool}", "eval.progress=false"]
+    c, model = load_run(a.run, base)  # one model and one caption set for every variant
+    test = test_pairs(c, a.run)
+    idx = [i for i, g in enumerate(test.groups) if g == "seen" and test.properties[i].event_kind == "shift"][: a.n]
+    props, captions = [test.properties[i] for i in idx], [test.captions[i] for i in idx]
+    rows = [{"series": "real", "noise level": level, **r, "seconds": 0.0}
+            for level, r in profile(test.values[idx], props, c.data.family).items()]
     for variant in a.variant:
-        c, model = load_run(a.run, ["eval.n=300", "eval.progress=false", *variant.split()])
-        test = test_pairs(c, a.run)
-        idx = [i for i, g in enumerate(test.groups) if g == "seen" and test.properties[i].event_kind == "shift"][: a.n]
-        props = [test.properties[i] for i in idx]
-        if not real_done:
-            for level, r in profile(test.values[idx], props, c.data.family).items():
-                rows.append({"series": "real", "noise level": level, **r, "seconds": 0.0})
-            real_done = True
+        cv = recipe.run_config(a.run, [*base, *variant.split()])
         t0 = time.time()
-        fake = text_to_series(model, c, [test.captions[i] for i in idx], test.values.shape[1:], c.eval.seed + 1000)
+        fake = text_to_series(model, cv, captions, test.values.shape[1:], c.eval.seed + 1000)
         seconds = time.time() - t0
-        s = c.eval.sample
+        s = cv.eval.sample
         name = f"{s.sampler} {s.steps}" + (f" {s.spacing}" if s.spacing else "") + (f" [{variant}]" if variant else "")
         for level, r in profile(fake, props, c.data.family).items():
             rows.append({"series": name, "noise level": level, **r, "seconds": seconds})
-        print(rows[-2], rows[-1], flush=True)
-    print_table(rows, f"level-shift captions of {a.run}: the fit's flags by noise level (generated vs real)")
+        print(rows[-1], flush=True)
+    print_table(rows, f"{len(idx)} level-shift captions of {a.run}: the fit's flags by noise level (generated vs real)")
     print_json("tts_shift_profile", rows, run=str(a.run))
 
 

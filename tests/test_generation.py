@@ -126,6 +126,7 @@ def test_sample_spacing_picks_the_steps_the_sampler_visits(model):
 
     d = model.diffusion["picture"]
     assert SampleArgs(sampler="ddpm", steps=10).make(d).timesteps.tolist() == respace(d.T, 10, "trailing").tolist()
+    assert SampleArgs(sampler="ddpm", steps=10).make(d).spacing == "trailing"  # the report names it
     logsnr = SampleArgs(sampler="ddpm", steps=10, spacing="logsnr").make(d).timesteps
     assert logsnr.tolist() == respace(d.T, 10, "logsnr", d.alphas_cumprod.numpy()).tolist() != respace(d.T, 10).tolist()
     assert SampleArgs(sampler="ddim", steps=10, spacing="leading").make(d).timesteps.tolist() == respace(d.T, 10, "leading").tolist()

@@ -278,6 +278,9 @@ def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_p
     assert (res["guidance"], res["guidance_interval"], res["guidance_rescale"]) == (2.5, [0.1, 0.6], 0.7)
     assert "forecast" not in res and "fidelity" not in res
     assert "interval [0.1, 0.6], rescale 0.7" in (run / "limited" / "report.md").read_text()
+    assert main(["evaluate", str(run), "eval.sample.sampler=ddpm", "eval.sample.steps=4", "eval.sample.spacing=logsnr",
+                 "eval.forecasts=0", "eval.fidelity=false", "--out", "spaced"]) == 0
+    assert "Sampling: ddpm, 4 steps (logsnr spacing)," in (run / "spaced" / "report.md").read_text()
     assert {"low noise", "high noise"} & set(fid)  # fidelity split by the captioned noise level
     import subprocess
     import sys

@@ -466,6 +466,7 @@ def test_the_stocks_benchmark_is_shipped_and_its_presets_run_offline(tmp_path, c
     assert set(result["scores"]) == {"disc", "pred", "corr", "jsd"} == set(result["reference"])
     report = (tmp_path / "s" / "report.md").read_text()
     assert "not run: lds, lps, fid" in report and "--full" in report
+    assert "(2 steps, logsnr spacing)" in report  # DPM-Solver, the default sampler: its default spacing named
     assert "papers' protocol" in report and "two disjoint halves of the training windows" in report
     log = (tmp_path / "s" / "train.log").read_text()  # Close and Adj_Close are one column twice
     assert "Adj_Close = Close in every training row, generated as its copy" in log

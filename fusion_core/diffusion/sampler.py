@@ -47,9 +47,9 @@ class Sampler(ABC):
     def __init__(self, diffusion: GaussianDiffusion, steps: int | None = None,
                  spacing: str | None = None, clip_x0: float | None = None):
         self.diffusion = diffusion
-        spacing = spacing or self.default_spacing
+        self.spacing = spacing or self.default_spacing
         self.timesteps = torch.from_numpy(
-            respace(diffusion.T, steps, spacing, diffusion.alphas_cumprod.numpy()))
+            respace(diffusion.T, steps, self.spacing, diffusion.alphas_cumprod.numpy()))
         self.clip_x0 = clip_x0
         self.reset()
 

@@ -67,7 +67,7 @@ class SampleArgs:
         for key in ("clip_x0", "guidance", "temperature"):
             check_finite_number(f"sample.{key}", getattr(self, key), low=0)
         if self.spacing and self.spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {list(SPACINGS)} or empty (the sampler's default), "
+            raise ValueError(f"sample.spacing must be one of {list(SPACINGS)} or empty (the sampler's default), "
                              f"got {self.spacing!r}")
         self.guidance_args  # checks the interval and the rescale
         if self.resample > 1 and SAMPLERS[self.cond_sampler].multistep:

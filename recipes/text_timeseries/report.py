@@ -162,7 +162,9 @@ def write_report(out_dir: Path, run_dir: Path, c: TTSConfig, res: dict) -> Path:
              f"{c.train.batch_size} pairs ({d.series_first:.0%} series first, noise limit {d.noise_limit or 'off'}); "
              f"data {d.source} (series {d.length} steps, family {d.family}{pairs}); seed {c.train.seed}.", "",
              f"Machine: {res['machine']}. Training {trained}, evaluation {res['eval_seconds']:.0f} s. "
-             f"Sampling: {c.eval.sample.sampler}, {c.eval.sample.steps} steps, guidance {_guidance(res)}.", "",
+             f"Sampling: {c.eval.sample.sampler}, {c.eval.sample.steps} steps"
+             + (f" ({c.eval.sample.spacing} spacing)" if c.eval.sample.spacing else "")
+             + f", guidance {_guidance(res)}.", "",
              f"Test pairs: {res['groups']}.", ""]
     if "text_to_series" in res:
         lines += _table("Text → series: properties of generated series measured back", res["text_to_series"])

@@ -211,7 +211,8 @@ def evaluate(run_dir: Path, argv: list[str]) -> dict:
     pics = plots.embedding_plots(real, fake, run_dir, tsne=e.tsne, suffix=suffix)
     pics.append(plots.overlay(real, fake, splits.columns, run_dir / f"overlay{suffix}.png"))
     result = {"scores": _as_dict(scores), "n_real": len(real), "n_fake": len(fake),
-              "sampler": sampler.__class__.__name__, "steps": len(sampler), "sample_seconds": sample_s,
+              "sampler": sampler.__class__.__name__, "steps": len(sampler),
+              "spacing": sampler.spacing, "sample_seconds": sample_s,
               "score_seconds": score_s, "machine": machine_description(), "long": long_result,
               "reference": reference, "reference_kind": reference_kind, "sine_fit": sine_fit}
     (run_dir / f"eval{suffix}.json").write_text(json.dumps(result, indent=1))

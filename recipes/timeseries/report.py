@@ -46,7 +46,9 @@ def write_report(run_dir: Path, c: TSConfig, result: dict, pics: list[Path], nam
              f"T = {m.T}; {c.train.steps} steps of batch {c.train.batch_size}.", "",
              f"Training {trained}" + (f" on {trained.machine}" if trained.machine else "") + "; evaluation on "
              f"{result['machine']}: sampling {result['n_fake']} series "
-             f"with {result['sampler']} ({result['steps']} steps) {result['sample_seconds']:.1f} s.", "",
+             f"with {result['sampler']} ({result['steps']} steps"
+             + (f", {result['spacing']} spacing" if "spacing" in result else "")  # older evals lack it
+             + f") {result['sample_seconds']:.1f} s.", "",
              f"Scores on {result['n_real']} {_real_kind(c)} vs {result['n_fake']} generated "
              f"(mean ± 95% interval over {c.eval.repeats} runs where repeated; lower is better):", ""]
     ran = [k for k in result["scores"]]
