@@ -501,3 +501,30 @@ def test_the_faithful_presets_are_the_quick_one_with_adaln_low_noise_steps_less_
     assert a["sample.guidance_interval"] == b["sample.guidance_interval"] == [0.0, 0.5]
     wide = flat(OmegaConf.to_container(recipe.load_config("faithful_wide")))
     assert {k for k in b if b[k] != wide[k]} == {"data.family"} and wide["data.family"] == "wide"
+
+
+def test_acf1_by_patch_against_closed_forms(monkeypatch):
+    # bench/tts_shift_profile.py splits the residual's lag-1 autocorrelation into the neighbour
+    # pairs inside one of the model's patches and those across a patch border
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    from tts_shift_profile import acf1_by_patch
+
+    rng = np.random.default_rng(0)
+    n, L, k = 4000, 64, 4
+    white = rng.normal(size=(n, L, 1))
+    inside, across = acf1_by_patch(white, k)
+    assert abs(inside) < 0.03 and abs(across) < 0.03  # white noise: 0 both ways (about -1/L from centring)
+    # a level shared by each patch (variance 1) plus white noise (variance 1): pairs inside a patch
+    # share the level, correlation 1/2; pairs across a border share nothing, 0 (less the centring's
+    # bias, about -2/L for the blocks' variance)
+    block = np.repeat(rng.normal(size=(n, L // k, 1)), k, axis=1) + white
+    inside, across = acf1_by_patch(block, k)
+    assert abs(inside - 0.5) < 0.04 and abs(across) < 0.06 and inside - across > 0.45
+    # AR(1) with phi = 0.6 has no patch structure: both kinds of pair near 0.6
+    ar = np.zeros((n, L, 1))
+    for i in range(1, L):
+        ar[:, i] = 0.6 * ar[:, i - 1] + rng.normal(size=(n, 1))
+    inside, across = acf1_by_patch(ar, k)
+    assert abs(inside - across) < 0.03 and 0.5 < inside < 0.65
+    assert np.isnan(acf1_by_patch(white, 1)[0])  # patches of one step: no pair inside
