@@ -114,6 +114,35 @@ def test_bad_input_fails_clearly(tmp_path):
         chronological_split(100, [0.5, 0.1], 5)
 
 
+def test_day_first_dates_read_by_time_format(tmp_path):
+    # a day-first file that starts on a day <= 12 (03/01/2016 is 3 January): pandas alone reads it
+    # month first and fails at the first day 13; data.time_format says how the dates are written
+    import warnings
+
+    from fusion_core.recipes.timeseries.config import TSDataArgs
+
+    stamps = pd.date_range("2016-01-03", periods=40, freq="D")
+    path = tmp_path / "dayfirst.csv"
+    pd.DataFrame({"date": stamps.strftime("%d/%m/%Y %H:%M"), "x": np.arange(40.0)}).iloc[::-1].to_csv(path, index=False)
+    with pytest.raises(ValueError, match="time column 'date' holds values that are not dates.*data.time_format"):
+        load_series(str(path), "date")
+    for fmt in ("dayfirst", "%d/%m/%Y %H:%M"):
+        s = load_series(str(path), "date", time_format=fmt)
+        assert np.array_equal(s.values[:, 0], np.arange(40.0))  # sorted by the true dates
+        assert s.times[0].startswith("2016-01-03") and s.times[-1].startswith("2016-02-11")
+    with pytest.raises(ValueError, match="not dates in the format '%Y-%m-%d'"):
+        load_series(str(path), "date", time_format="%Y-%m-%d")
+    # a day-first file starting on day 14 parses alone; pandas' warning about it is not passed on
+    late = tmp_path / "late.csv"
+    pd.DataFrame({"date": pd.date_range("2016-02-14", periods=20, freq="D").strftime("%d/%m/%Y"),
+                  "x": np.arange(20.0)}).to_csv(late, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_series(str(late), "date").times[-1].startswith("2016-03-04")
+    with pytest.raises(ValueError, match="name the column too"):
+        TSDataArgs(time_format="dayfirst")
+
+
 def _tiny_model(L=16, F=2):
     from fusion_core.diffusion import GaussianDiffusion
     from fusion_core import TransformerArgs

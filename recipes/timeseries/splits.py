@@ -102,7 +102,7 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
             missing: str = "error", time_column: str | None = None, columns: Sequence[str] = (),
             sine_samples: int = 10000, sine_features: int = 5, seed: int = 0,
             transform: str = "none", sine_phase: float = 0.1, data=None, outliers: str = "warn",
-            outlier_iqr: float = 50.0, missing_value: float | None = None) -> Splits:
+            outlier_iqr: float = 50.0, missing_value: float | None = None, time_format: str = "") -> Splits:
     """Everything the recipe needs: windows of each split, split before windowing. With a
     ``transform`` the windows hold increments (e.g. daily log returns) of the series. ``data``
     (from Python) replaces ``source``: see :func:`to_series`. ``missing_value`` (e.g. -200 in
@@ -122,7 +122,7 @@ def prepare(source: str, length: int, stride: int = 1, split: Sequence[float] = 
         b = np.round(np.cumsum([0, *split]) * n).astype(int)
         parts = [values[b[i] : b[i + 1]] for i in range(3)]
         return Splits(*parts, [f"sin{i}" for i in range(sine_features)], parts[0])
-    series = to_series(data if data is not None else source, time_column, columns)
+    series = to_series(data if data is not None else source, time_column, columns, time_format)
     if missing_value is not None:
         series.values = np.where(series.values == missing_value, np.nan, series.values)
     try:  # what is wrong with the data's contents, said with the data's name

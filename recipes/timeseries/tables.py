@@ -57,12 +57,39 @@ def match_columns(available: Sequence, wanted: Sequence[str], what: str = "colum
     return out
 
 
-def from_dataframe(df, time_column: str | None = None, columns: Sequence[str] = ()) -> Series:
-    """A pandas DataFrame → :class:`Series`, sorted by ``time_column`` (which is dropped); names
-    matched by :func:`match_columns`.
+def parse_times(values, time_format: str = ""):
+    """Date strings → pandas timestamps. ``time_format``: "" (pandas infers the format from the
+    first value, and reads an ambiguous 03/04 month first), ``"dayfirst"`` (03/04 is 3 April), or
+    a ``strftime`` format such as ``"%d/%m/%Y %H:%M"`` that every value must match.
 
     Raises:
-        ValueError: unknown column names, or non-numeric columns among the features.
+        ValueError: a value that is not a date (in the format, when one is given).
+    """
+    import warnings
+
+    import pandas as pd
+
+    kwargs = {"dayfirst": True} if time_format == "dayfirst" else {"format": time_format} if time_format else {}
+    with warnings.catch_warnings():
+        # pandas warns when it infers day-first dates from a value like 14/02/2016: the dates are read
+        # right then, and data.time_format says it outright (the warning would name pandas' keyword)
+        warnings.filterwarnings("ignore", message="Parsing dates in .* format when dayfirst=", category=UserWarning)
+        try:
+            return pd.to_datetime(values, **kwargs)
+        except (ValueError, TypeError) as e:
+            how = f" in the format {time_format!r}" if time_format and time_format != "dayfirst" else ""
+            said = str(e).split(". You might")[0].splitlines()[0]  # pandas' own advice names its keywords
+            raise ValueError(f"values that are not dates{how} ({said}); data.time_format names the format: "
+                             "'dayfirst' or a strftime format such as '%d/%m/%Y %H:%M'") from None
+
+
+def from_dataframe(df, time_column: str | None = None, columns: Sequence[str] = (), time_format: str = "") -> Series:
+    """A pandas DataFrame → :class:`Series`, sorted by ``time_column`` (which is dropped, its
+    dates read by :func:`parse_times` with ``time_format``); names matched by :func:`match_columns`.
+
+    Raises:
+        ValueError: unknown column names, dates that do not parse, or non-numeric columns among
+            the features.
     """
     import pandas as pd
 
@@ -70,9 +97,9 @@ def from_dataframe(df, time_column: str | None = None, columns: Sequence[str] = 
     if time_column:
         time_column = match_columns(list(df.columns), [time_column], "time column")[0]
         try:
-            stamps = pd.to_datetime(df[time_column])
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"time column {time_column!r} holds values that are not dates ({e})") from None
+            stamps = parse_times(df[time_column], time_format)
+        except ValueError as e:
+            raise ValueError(f"time column {time_column!r} holds {e}") from None
         df = df.assign(**{time_column: stamps}).sort_values(time_column, kind="stable")
         times = df[time_column].astype(str).to_numpy()
         df = df.drop(columns=[time_column])

@@ -27,7 +27,8 @@ def load_data(c: TSConfig, data=None) -> Splits:
     d = c.data
     return prepare(d.source, d.length, d.stride, d.split, d.missing, d.time_column or None, d.columns,
                    d.sine_samples, d.sine_features, c.train.seed, d.transform, d.sine_phase, data=data,
-                   outliers=d.outliers, outlier_iqr=d.outlier_iqr, missing_value=d.missing_value)
+                   outliers=d.outliers, outlier_iqr=d.outlier_iqr, missing_value=d.missing_value,
+                   time_format=d.time_format)
 
 
 def run_data(c: TSConfig, run_dir: Path) -> Splits:
