@@ -4,9 +4,10 @@ sampler and guidance, or each ``--variant``'s overrides of them), measured by
 recipes/text_timeseries/fidelity.py against the real series of the same captions, split by the
 captioned noise level: the share of series the fit flags, the residual's noise level and its
 lag-1 autocorrelation (white noise: ~0) — also split into the neighbour pairs inside one of the
-model's patches and those across a patch border, which tells a patch's output layer drawing
-smooth patches from a smooth residual everywhere — and how far the step before the shift sits from
-the fitted step (median |residual| / shift size: a ramp puts it off the step).
+model's patches and those across a patch border: correlation only inside patches points at the
+patch's output layer, correlation across borders too at the model as a whole — and how far the
+step before the shift sits from the fitted step (median |residual| / shift size: a ramp puts it
+off the step), with the flagged share split by whether the shift starts a patch.
 
     python bench/tts_shift_profile.py RUN [--n 100] [--pool 300] [--variant "" "eval.sample.steps=1000" ...]
 

@@ -24,6 +24,8 @@ def test_merge_order_defaults_then_yaml_then_overrides(tmp_path):
     y.write_text("model:\n  depth: 4\nlr: 0.5\n")
     cfg = load_config(Cfg, [y], ["lr=0.25"])
     assert (cfg.model.depth, cfg.model.width, cfg.lr) == (4, 64, 0.25)
+    # a value YAML cannot read ('%' opens a directive) is the plain string it is
+    assert load_config(Cfg, [], ["name=%d/%m/%Y %H:%M"]).name == "%d/%m/%Y %H:%M"
     assert isinstance(to_object(cfg), Cfg)
 
 

@@ -13,6 +13,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -108,10 +109,22 @@ def load_config(schema: type[T] | T, presets: Sequence[Layer] = (),
     for item in overrides:
         if "=" not in item or item.startswith("-"):
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=100)")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}", keys)
+        cfg = _merge(cfg, _dotlist(item), f"override {item!r}", keys)
     OmegaConf.set_readonly(cfg, False)
     to_object(cfg)
     return cfg
+
+
+def _dotlist(item: str) -> DictConfig:
+    """One ``key=value`` override; a value YAML cannot read is taken as the plain string it is
+    (a strftime format: ``%`` opens a YAML directive)."""
+    try:
+        return OmegaConf.from_dotlist([item])
+    except yaml.YAMLError:
+        key, value = item.split("=", 1)
+        out = OmegaConf.create()
+        OmegaConf.update(out, key, value)
+        return out
 
 
 def to_object(cfg: DictConfig) -> Any:

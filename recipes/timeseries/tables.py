@@ -69,7 +69,8 @@ def parse_times(values, time_format: str = ""):
 
     import pandas as pd
 
-    kwargs = {"dayfirst": True} if time_format == "dayfirst" else {"format": time_format} if time_format else {}
+    exact = time_format not in ("", "dayfirst")  # a strftime format every value must match
+    kwargs = {"format": time_format} if exact else {"dayfirst": time_format == "dayfirst"}
     with warnings.catch_warnings():
         # pandas warns when it infers day-first dates from a value like 14/02/2016: the dates are read
         # right then, and data.time_format says it outright (the warning would name pandas' keyword)
@@ -77,7 +78,7 @@ def parse_times(values, time_format: str = ""):
         try:
             return pd.to_datetime(values, **kwargs)
         except (ValueError, TypeError) as e:
-            how = f" in the format {time_format!r}" if time_format and time_format != "dayfirst" else ""
+            how = f" in the format {time_format!r}" if exact else ""
             said = str(e).split(". You might")[0].splitlines()[0]  # pandas' own advice names its keywords
             raise ValueError(f"values that are not dates{how} ({said}); data.time_format names the format: "
                              "'dayfirst' or a strftime format such as '%d/%m/%Y %H:%M'") from None
