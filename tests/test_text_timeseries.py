@@ -293,6 +293,12 @@ def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_p
     rows = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
     assert {r["series"].split(" [")[0] for r in rows} >= {"real", "ddpm 4 logsnr"}
     assert all(0 <= r["flagged"] <= 1 and r["n"] >= 1 for r in rows)
+    done = subprocess.run([sys.executable, str(bench.with_name("tts_denoiser.py")), str(run), "--n", "40",
+                           "--chunk", "16", "--t", "5", "--guided"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
+    assert {r["variant"] for r in rows} == {"conditional", "guided"} and all(r["t"] == 5 for r in rows)
+    assert all(0 < r["k (opt w0)"] < 1 and r["mse / opt"] > 0 for r in rows)
 
 
 def test_your_pairs_from_python_and_files(recipe, tmp_path):
@@ -528,3 +534,53 @@ def test_acf1_by_patch_against_closed_forms(monkeypatch):
     inside, across = acf1_by_patch(ar, k)
     assert abs(inside - across) < 0.03 and 0.5 < inside < 0.65
     assert np.isnan(acf1_by_patch(white, 1)[0])  # patches of one step: no pair inside
+
+
+def test_generator_without_noise_is_the_same_draw():
+    # P.generate(noise=False) draws every random number as before: the difference is the noise alone
+    combos = [P.Properties("rising", 12, "low", "shift@middle"), P.Properties("flat", 0, "high", "spike@end")] * 200
+    for family in ("basic", "wide"):
+        noisy = P.generate(combos, 64, 1, seed=3, family=family).values.astype(np.float64)
+        clean = P.generate(combos, 64, 1, seed=3, family=family, noise=False).values.astype(np.float64)
+        n = noisy - clean
+        sd = n.std(axis=1)[:, 0]
+        low, high = sd[0::2], sd[1::2]
+        assert 0.02 < np.median(low) < 0.07 and 0.17 < np.median(high) < 0.31  # P.SIGMA's ranges
+        if family == "basic":  # white: lag-1 autocorrelation ~0 (less the centring's -1/L)
+            c = n - n.mean(axis=1, keepdims=True)
+            assert abs((c[:, 1:] * c[:, :-1]).mean() / (c * c).mean()) < 0.04
+    assert np.array_equal(P.draw(5, combos, 64, seed=1).values, P.draw(5, combos, 64, seed=1, noise=True).values)
+
+
+def test_denoiser_probe_estimators_against_closed_forms(monkeypatch):
+    # bench/tts_denoiser.py reads a denoiser as a filter of u = n + r eps around the known structure
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    from tts_denoiser import filter_taps, lag1, measures, optimum
+
+    rng = np.random.default_rng(0)
+    N, L, r = 2000, 64, 0.05
+    sigma = rng.uniform(0.03, 0.07, N)
+    clean = rng.normal(size=(N, 1, 1)) + np.linspace(0, 1, L)[None, :, None]
+    n = sigma[:, None, None] * rng.normal(size=(N, L, 1))
+    u = n + r * rng.normal(size=(N, L, 1))
+    # the optimum is one tap, k, at the point: exactly so for one noise level
+    one = np.full(N, 0.05)
+    w = filter_taps(optimum(clean, u, one, r) - clean, u)
+    assert abs(w[2] - 0.5) < 1e-12 and np.abs(np.delete(w, 2)).max() < 1e-12
+    # for levels that vary, k pooled by each series' share of u's variance, no neighbour taps
+    k = sigma ** 2 / (sigma ** 2 + r ** 2)
+    w = filter_taps(optimum(clean, u, sigma, r) - clean, u)
+    uu = (u[:, 2:-2] ** 2).sum(axis=(1, 2))
+    assert abs(w[2] - (k * uu).sum() / uu.sum()) < 2e-3 and np.abs(np.delete(w, 2)).max() < 5e-3
+    # a known blur is read back: 0.25, 0.5, 0.25 of u
+    blur = 0.25 * np.roll(u, 1, axis=1) + 0.5 * u + 0.25 * np.roll(u, -1, axis=1)
+    assert np.allclose(filter_taps(blur, u), [0, 0.25, 0.5, 0.25, 0], atol=1e-9)
+    assert abs(lag1(n)) < 0.04 and abs(lag1(blur) - 2 / 3) < 0.03  # (2 * 0.25 * 0.5) / (0.25^2 * 2 + 0.5^2)
+    # through measures(): the optimum against itself is 1 everywhere, a model keeping all of u is not
+    x0 = clean + n
+    best = optimum(clean, u, sigma, r)
+    row = measures(best, x0, clean, u, sigma, r)
+    assert abs(row["kept"] - 1) < 1e-12 and abs(row["mse / opt"] - 1) < 1e-12 and abs(row["w+0"] - row["k (opt w0)"]) < 1e-9
+    row = measures(clean + u, x0, clean, u, sigma, r)
+    assert abs(row["w+0"] - 1) < 1e-9 and row["kept"] > 1 and row["mse / opt"] > 1

@@ -129,9 +129,10 @@ class Drawn:
 
 
 def generate(combos: Iterable[Properties], length: int = 64, features: int = 1, seed: int = 0,
-             family: str = "basic") -> Drawn:
+             family: str = "basic", noise: bool = True) -> Drawn:
     """One series per combination in ``combos`` (the generator of the module docstring), of the
-    series ``family``.
+    series ``family``; ``noise=False`` draws the same series without their noise (every random
+    number is still drawn: the difference of the two draws is the noise alone).
 
     Raises:
         ValueError: a length under 32, an unknown family.
@@ -141,7 +142,7 @@ def generate(combos: Iterable[Properties], length: int = 64, features: int = 1, 
         raise ValueError(f"series length must be >= 32 (the longest period is 24 steps), got {length}")
     fam = check_family(family)
     if family != "basic":
-        return Drawn(_generate_family(combos, length, features, seed, fam).astype(np.float32), combos)
+        return Drawn(_generate_family(combos, length, features, seed, fam, noise).astype(np.float32), combos)
     rng = np.random.default_rng(seed)
     n = len(combos)
     u = np.linspace(0.0, 1.0, length)[None, :, None]  # 1 L 1
@@ -155,18 +156,19 @@ def generate(combos: Iterable[Properties], length: int = 64, features: int = 1, 
     x = x + amp * np.sin(2 * np.pi * i / period + rng.uniform(0, 2 * np.pi, (n, 1, features)))
     for j, c in enumerate(combos):
         _add_event(x[j], c, rng)
-    sigma = np.array([rng.uniform(*SIGMA[c.noise]) for c in combos])[:, None, None]
+    sigma = np.array([rng.uniform(*SIGMA[c.noise]) for c in combos])[:, None, None] * noise
     x = x + sigma * rng.standard_normal(x.shape)
     return Drawn(x.astype(np.float32), combos)
 
 
 def draw(n: int, combos: Sequence[Properties], length: int = 64, features: int = 1, seed: int = 0,
-         family: str = "basic") -> Drawn:
-    """``n`` series, each of a combination drawn uniformly from ``combos``."""
+         family: str = "basic", noise: bool = True) -> Drawn:
+    """``n`` series, each of a combination drawn uniformly from ``combos`` (``noise``: as
+    :func:`generate`)."""
     if not combos:
         raise ValueError("no combinations to draw from")
     rng = random.Random(seed)
-    return generate([rng.choice(combos) for _ in range(n)], length, features, seed + 1, family)
+    return generate([rng.choice(combos) for _ in range(n)], length, features, seed + 1, family, noise)
 
 
 def _add_event(y: np.ndarray, c: Properties, rng: np.random.Generator) -> None:
@@ -210,7 +212,8 @@ def _trend_curves(kinds: np.ndarray, u: np.ndarray, rng: np.random.Generator) ->
     return out
 
 
-def _generate_family(combos: list[Properties], length: int, features: int, seed: int, fam: Family) -> np.ndarray:
+def _generate_family(combos: list[Properties], length: int, features: int, seed: int, fam: Family,
+                     noise: bool = True) -> np.ndarray:
     """Series of a family other than basic (module docstring)."""
     rng = np.random.default_rng(seed)
     n = len(combos)
@@ -234,7 +237,7 @@ def _generate_family(combos: list[Properties], length: int, features: int, seed:
     e[:, 0] = z[:, 0]
     for t in range(1, length):  # stationary AR(1) of unit variance
         e[:, t] = phi * e[:, t - 1] + np.sqrt(1 - phi ** 2) * z[:, t]
-    return x + sigma[:, None] * e
+    return x + sigma[:, None] * e * noise
 
 
 def accuracy(truth: Sequence[Properties], measured: Sequence[Properties | dict | None]) -> dict[str, float]:
