@@ -10,19 +10,27 @@ combinations are drawn twice from one seed, with and without their noise (the re
 estimate ``x0_hat``. For white noise of level ``sigma`` around a known structure the optimal
 estimate is pointwise shrinkage of ``u = x_t / a_t - clean = n + (s_t / a_t) eps``:
 ``x0* = clean + k u``, ``k = sigma^2 / (sigma^2 + (s_t / a_t)^2)`` — a filter with one tap,
-``k``, at the point itself and none at its neighbours.
+``k``, at the point itself and none at its neighbours. The model does not know the structure; the
+estimate it can reach is the second reference, ``fit``: the caption's model (trend, cycle, event;
+the fidelity measure's least-squares fit) fitted to ``y = x_t / a_t`` and the rest shrunk by ``k``,
+``x0_fit = s_hat + k (y - s_hat)`` — the exact posterior mean under a flat prior on the model's
+coefficients where the caption fixes the design (no event), close to it elsewhere. Its filter is
+``k`` at the point plus ``(1 - k)`` times the fit's hat matrix: a little of every neighbour.
 
 Reported per step and caption group (noise level x event kind), in payload units:
 
-- ``taps``: the least-squares filter ``x0_hat - clean ~ sum_j w_j u_(i+j)``, j in -2..2, pooled over
-  the group's interior points: ``w_0`` is how much of the point's own noise the model keeps,
-  ``w_-1, w_+1`` how much it borrows from the neighbours (a blur). The same regression on the
-  optimum's ``x0*`` recovers ``(0, k, 0)`` (the check of the estimator; tests run it on a known
-  blur as well);
-- ``kept``: variance of ``x0_hat - clean`` over the optimum's (1: the right amount of noise kept);
-- ``acf1``: lag-1 autocorrelation of ``x0_hat - clean`` (optimum: ~0, white);
-- ``mse / opt``: the model's mean squared error against ``x0`` over the optimum's (>= 1 in
-  expectation: the optimum knows the structure, the model must infer it).
+- ``w-1, w+0, w+1``: the least-squares filter ``x0_hat - clean ~ sum_j w_j u_(i+j)``, j in -2..2,
+  pooled over the group's interior points: ``w+0`` is how much of the point's own noise the model
+  keeps, ``w-1, w+1`` how much it borrows from the neighbours (a blur); ``fit w0``, ``fit w+-1``
+  the same read off the fit reference, ``k`` the optimum's; ``w+-1 in patch`` / ``across``: the
+  neighbour taps where the neighbour shares the point's patch and where it does not (a model
+  that blurs inside its patches only: its output layer) (the regression recovers ``(0, k, 0)``
+  from it exactly: the estimator's check; tests run it on a known blur as well);
+- ``kept / fit``: variance of ``x0_hat - clean`` over the fit reference's (1: as much left in as
+  the reachable estimate leaves);
+- ``acf1``, ``fit acf1``: lag-1 autocorrelation of ``x0_hat - clean`` and of the reference's;
+- ``mse / fit``, ``mse / opt``: the model's mean squared error against ``x0`` over each
+  reference's (``/ opt`` >= 1 in expectation: the optimum knows the structure).
 
     python bench/tts_denoiser.py RUN [--n 600] [--t 2 5 10 20 40 80 160] [--guided]
 
@@ -44,6 +52,7 @@ from common import print_json, print_table
 from fusion_core import generation as gen
 from fusion_core.diffusion.sampler import Sampler
 from fusion_core.recipes.text_timeseries import captions as C
+from fusion_core.recipes.text_timeseries import fidelity as FI
 from fusion_core.recipes.text_timeseries import properties as P
 from fusion_core.recipes.text_timeseries.sample import load_run
 from fusion_core.recipes.text_timeseries.train import MODALITY
@@ -72,14 +81,28 @@ class Probe(Sampler):
         return torch.zeros(shape)
 
 
-def filter_taps(d: np.ndarray, u: np.ndarray, half: int = HALF) -> np.ndarray:
+def filter_taps(d: np.ndarray, u: np.ndarray, half: int = HALF, where: np.ndarray | None = None) -> np.ndarray:
     """Least-squares filter ``d_i ~ sum_j w_j u_(i+j)``, ``j = -half .. half``, pooled over series
-    and channels of ``(N, L, F)`` arrays at the points ``half .. L - 1 - half``: ``(2 half + 1,)``."""
+    and channels of ``(N, L, F)`` arrays at the points ``half .. L - 1 - half`` (those of them
+    where the ``(L,)`` mask ``where`` holds): ``(2 half + 1,)``."""
     L = d.shape[1]
-    cols = [u[:, half + j: L - half + j] for j in range(-half, half + 1)]
+    keep = np.ones(L - 2 * half, bool) if where is None else np.asarray(where)[half: L - half]
+    cols = [u[:, half + j: L - half + j][:, keep] for j in range(-half, half + 1)]
     X = np.stack([c.reshape(-1) for c in cols], axis=1)
-    y = d[:, half: L - half].reshape(-1)
+    y = d[:, half: L - half][:, keep].reshape(-1)
     return np.linalg.lstsq(X, y, rcond=None)[0]
+
+
+def neighbour_taps(d: np.ndarray, u: np.ndarray, patch: int) -> tuple[float, float]:
+    """The mean tap on a neighbour inside the point's patch of ``patch`` steps and on one across a
+    patch border (the filter fitted separately at each position in the patch)."""
+    pos = np.arange(d.shape[1]) % patch
+    inside, across = [], []
+    for j in range(patch):
+        w = filter_taps(d, u, where=pos == j)
+        (inside if j > 0 else across).append(w[HALF - 1])  # the step before
+        (inside if j < patch - 1 else across).append(w[HALF + 1])  # the step after
+    return float(np.mean(inside)), float(np.mean(across))
 
 
 def lag1(d: np.ndarray) -> float:
@@ -95,15 +118,35 @@ def optimum(clean: np.ndarray, u: np.ndarray, sigma: np.ndarray, r: float) -> np
     return clean + k[:, None, None] * u
 
 
-def measures(x0_hat, x0, clean, u, sigma, r) -> dict:
-    """The module docstring's measures of one group at one step."""
+def fitted(y: np.ndarray, props, sigma: np.ndarray, r: float) -> np.ndarray:
+    """The fit reference: each series ``y = x_t / a_t`` ``(N, L, F)`` fitted by its caption's
+    model (:func:`fidelity.measure`'s least squares), the residual shrunk by ``k``."""
+    resid = FI.measure(y, props).resid
+    k = sigma ** 2 / (sigma ** 2 + r ** 2)
+    return y - (1 - k[:, None, None]) * resid
+
+
+def measures(x0_hat, x0, clean, u, sigma, r, fit=None, patch: int = 1) -> dict:
+    """The module docstring's measures of one group at one step (``fit``: the fit reference's
+    estimate; left out where not given; ``patch`` > 1: the neighbour taps inside the model's
+    patches and across their borders)."""
     best = optimum(clean, u, sigma, r)
     d, d_opt = x0_hat - clean, best - clean
-    w, w_opt = filter_taps(d, u), filter_taps(d_opt, u)
+    w = filter_taps(d, u)
     row = {f"w{j:+d}": float(w[j + HALF]) for j in (-1, 0, 1)}
-    row.update({"k (opt w0)": float(w_opt[HALF]), "opt w+-1": float(max(abs(w_opt[HALF - 1]), abs(w_opt[HALF + 1]))),
-                "kept": float(d.var() / d_opt.var()), "acf1": lag1(d), "opt acf1": lag1(d_opt),
-                "mse / opt": float(((x0_hat - x0) ** 2).mean() / ((best - x0) ** 2).mean())})
+    if patch > 1:
+        row["w+-1 in patch"], row["w+-1 across"] = neighbour_taps(d, u, patch)
+    row["k"] = float(filter_taps(d_opt, u)[HALF])
+    mse = float(((x0_hat - x0) ** 2).mean())
+    if fit is not None:
+        d_fit = fit - clean
+        w_fit = filter_taps(d_fit, u)
+        row.update({"fit w0": float(w_fit[HALF]), "fit w+-1": float((w_fit[HALF - 1] + w_fit[HALF + 1]) / 2),
+                    "kept / fit": float(d.var() / d_fit.var())})
+    row["acf1"] = lag1(d)
+    if fit is not None:
+        row.update({"fit acf1": lag1(d_fit), "mse / fit": mse / float(((fit - x0) ** 2).mean())})
+    row["mse / opt"] = mse / float(((best - x0) ** 2).mean())
     return row
 
 
@@ -138,7 +181,7 @@ def main() -> None:
     groups = {f"{lvl} noise, {ev}": np.array([p.noise == lvl and p.event_kind == ev for p in props])
               for lvl in ("low", "high") for ev in ("none", "spike", "shift")}
     variants = [("conditional", None)] + ([("guided", c.eval.sample.guidance_args)] if a.guided else [])
-    rows = []
+    rows, fits = [], {}
     for name, guidance in variants:
         est = {t: [] for t in a.t}
         for i in range(0, a.n, a.chunk):
@@ -155,13 +198,16 @@ def main() -> None:
             al, s = (float(v) for v in diffusion.alpha_sigma(torch.tensor([t]), torch.zeros(1)))
             r = s / al
             x0_hat = torch.cat(est[t]).double().numpy()
-            u = ((diffusion.q_sample(x0, torch.full((a.n,), t), eps) / al) - c0).double().numpy()
+            y = (diffusion.q_sample(x0, torch.full((a.n,), t), eps) / al).double().numpy()
+            clean, truth = c0.double().numpy(), x0.double().numpy()
+            fit = fits.setdefault(t, fitted(y, props, sigma, r))  # the same for every variant
             for gname, m in groups.items():
                 if m.sum() < 4:
                     continue
                 rows.append({"variant": name, "t": t, "s/a": r, "group": gname, "n": int(m.sum()),
                              "sigma": float(np.median(sigma[m])),
-                             **measures(x0_hat[m], x0.double().numpy()[m], c0.double().numpy()[m], u[m], sigma[m], r)})
+                             **measures(x0_hat[m], truth[m], clean[m], y[m] - clean[m], sigma[m], r, fit[m],
+                                      c.model.patch)})
             print(rows[-1], flush=True)
     print_table(rows, f"{a.n} synthetic series of {a.run}'s seen combinations: the denoiser's clean-series "
                 "estimate against the pointwise optimum")

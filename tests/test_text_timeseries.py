@@ -580,7 +580,44 @@ def test_denoiser_probe_estimators_against_closed_forms(monkeypatch):
     # through measures(): the optimum against itself is 1 everywhere, a model keeping all of u is not
     x0 = clean + n
     best = optimum(clean, u, sigma, r)
-    row = measures(best, x0, clean, u, sigma, r)
-    assert abs(row["kept"] - 1) < 1e-12 and abs(row["mse / opt"] - 1) < 1e-12 and abs(row["w+0"] - row["k (opt w0)"]) < 1e-9
-    row = measures(clean + u, x0, clean, u, sigma, r)
-    assert abs(row["w+0"] - 1) < 1e-9 and row["kept"] > 1 and row["mse / opt"] > 1
+    row = measures(best, x0, clean, u, sigma, r, fit=best)
+    assert abs(row["kept / fit"] - 1) < 1e-12 and abs(row["mse / opt"] - 1) < 1e-12 and abs(row["w+0"] - row["k"]) < 1e-9
+    row = measures(clean + u, x0, clean, u, sigma, r, fit=best)
+    assert abs(row["w+0"] - 1) < 1e-9 and row["kept / fit"] > 1 and row["mse / fit"] > 1
+
+
+def test_denoiser_probe_fit_reference_is_shrinkage_around_the_least_squares_fit(monkeypatch):
+    # for a flat caption without cycle or event the caption's model is a line: the reference is
+    # x0_fit = H y + k (I - H) y, so its filter is k at the point plus (1 - k) times the hat matrix
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    from tts_denoiser import HALF, filter_taps, fitted
+
+    rng = np.random.default_rng(2)
+    N, L, r, sig = 3000, 64, 0.05, 0.04
+    props = [P.Properties("flat", 0, "low", "none")] * N
+    clean = rng.normal(size=(N, 1, 1)) + rng.normal(size=(N, 1, 1)) * np.linspace(0, 1, L)[None, :, None]
+    u = sig * rng.normal(size=(N, L, 1)) + r * rng.normal(size=(N, L, 1))
+    k = sig ** 2 / (sig ** 2 + r ** 2)
+    w = filter_taps(fitted(clean + u, props, np.full(N, sig), r) - clean, u)
+    X = np.stack([np.ones(L), np.linspace(0, 1, L)], axis=1)
+    H = X @ np.linalg.solve(X.T @ X, X.T)
+    i = np.arange(HALF, L - HALF)
+    expect = [k * (j == 0) + (1 - k) * H[i, i + j].mean() for j in range(-HALF, HALF + 1)]
+    assert np.allclose(w, expect, atol=3e-3)
+
+
+def test_denoiser_probe_splits_neighbour_taps_by_patch(monkeypatch):
+    # a blur only inside patches of 2 (each pair averaged) reads as 0.5 inside, 0 across
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    from tts_denoiser import neighbour_taps
+
+    rng = np.random.default_rng(1)
+    u = rng.normal(size=(500, 64, 1))
+    pairs = np.repeat(u.reshape(500, 32, 2, 1).mean(axis=2), 2, axis=1)
+    inside, across = neighbour_taps(pairs, u, 2)
+    assert abs(inside - 0.5) < 1e-9 and abs(across) < 1e-9
+    blur = 0.25 * np.roll(u, 1, axis=1) + 0.5 * u + 0.25 * np.roll(u, -1, axis=1)  # no patch structure
+    inside, across = neighbour_taps(blur, u, 4)
+    assert abs(inside - 0.25) < 1e-9 and abs(across - 0.25) < 1e-9
