@@ -298,7 +298,7 @@ def test_cli_trains_generates_from_a_caption_captions_a_series_and_reports(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
     assert {r["variant"] for r in rows} == {"conditional", "guided"} and all(r["t"] == 5 for r in rows)
-    assert all(0 < r["k (opt w0)"] < 1 and r["mse / opt"] > 0 for r in rows)
+    assert all(0 < r["k"] < 1 and 0 < r["fit w0"] < 1 and r["mse / opt"] > 0 and r["mse / fit"] > 0 for r in rows)
 
 
 def test_your_pairs_from_python_and_files(recipe, tmp_path):
