@@ -62,7 +62,9 @@ HALF = 2  # filter taps each side
 
 class Probe(Sampler):
     """Not a sampler: :meth:`sample` evaluates the denoiser once at each prepared ``x_t`` (one per
-    step in ``xt``) and keeps the clean-series estimates in ``x0``; it returns zeros."""
+    step in ``xt``) and keeps the clean-series estimates in ``x0``; it returns zeros. A
+    :class:`Sampler` so that ``generate_span`` takes it — prefill of the captions, guidance and all —
+    and hands it the denoiser; it never steps (``step`` refuses, by design)."""
 
     def __init__(self, diffusion, xt: dict[int, torch.Tensor]):
         super().__init__(diffusion, steps=1)
@@ -181,26 +183,25 @@ def main() -> None:
     groups = {f"{lvl} noise, {ev}": np.array([p.noise == lvl and p.event_kind == ev for p in props])
               for lvl in ("low", "high") for ev in ("none", "spike", "shift")}
     variants = [("conditional", None)] + ([("guided", c.eval.sample.guidance_args)] if a.guided else [])
-    rows, fits = [], {}
+    xt = {t: diffusion.q_sample(x0, torch.full((a.n,), t), eps) for t in a.t}  # every variant sees these
+    clean, truth = c0.double().numpy(), x0.double().numpy()
+    refs = {}  # t -> (s_t / a_t, y = x_t / a_t, the fit reference)
+    for t in a.t:
+        al, s = (float(v) for v in diffusion.alpha_sigma(torch.tensor([t]), torch.zeros(1)))
+        y = (xt[t] / al).double().numpy()
+        refs[t] = (s / al, y, fitted(y, props, sigma, s / al))
+    rows = []
     for name, guidance in variants:
         est = {t: [] for t in a.t}
         for i in range(0, a.n, a.chunk):
             sl = slice(i, i + a.chunk)
-            xt = {}
-            for t in a.t:
-                tt = torch.full((len(x0[sl]),), t, dtype=torch.long)
-                xt[t] = diffusion.q_sample(x0[sl], tt, eps[sl])
-            probe = Probe(diffusion, xt)
+            probe = Probe(diffusion, {t: x[sl] for t, x in xt.items()})
             gen.generate_span(model, captions[sl], MODALITY, tuple(x0.shape[1:]), probe, guidance, decode=False)
             for t in a.t:
                 est[t].append(probe.x0[t])
         for t in a.t:
-            al, s = (float(v) for v in diffusion.alpha_sigma(torch.tensor([t]), torch.zeros(1)))
-            r = s / al
+            r, y, fit = refs[t]
             x0_hat = torch.cat(est[t]).double().numpy()
-            y = (diffusion.q_sample(x0, torch.full((a.n,), t), eps) / al).double().numpy()
-            clean, truth = c0.double().numpy(), x0.double().numpy()
-            fit = fits.setdefault(t, fitted(y, props, sigma, r))  # the same for every variant
             for gname, m in groups.items():
                 if m.sum() < 4:
                     continue
