@@ -178,7 +178,8 @@ def test_bad_config_values_are_rejected_when_the_config_is_built(override, messa
 @pytest.mark.parametrize("recipe", ["timeseries", "multimodal_lm", "text_timeseries"])
 @pytest.mark.parametrize("override, named", [("model.logit_std=0", "model.logit_std must be a finite number > 0"),
                                              ("model.snr_gamma=-1", "model.snr_gamma must be a finite number > 0"),
-                                             ("model.logit_mean=nan", "model.logit_mean must be a finite number")])
+                                             ("model.logit_mean=nan", "model.logit_mean must be a finite number"),
+                                             ("model.t_uniform_mix=1.5", "model.t_uniform_mix must be a share in")])
 def test_diffusion_settings_are_checked_with_the_config_and_named(recipe, override, named):
     """Every diffusion setting a recipe's model args carry is checked when the config is loaded
     (not when the model is built, minutes later) and the message names the config key."""
@@ -188,6 +189,7 @@ def test_diffusion_settings_are_checked_with_the_config_and_named(recipe, overri
     from fusion_core.diffusion import GaussianDiffusion
 
     m = to_object(get_recipe(recipe).load_config("tiny", overrides=["model.t_sampling=logit_normal",
-                                                                    "model.logit_std=0.7"])).model
+                                                                    "model.logit_std=0.7",
+                                                                    "model.t_uniform_mix=0.1"])).model
     d = GaussianDiffusion.from_args(m)
-    assert (d.t_sampling, d.logit_std, d.prediction) == ("logit_normal", 0.7, m.prediction)
+    assert (d.t_sampling, d.logit_std, d.t_uniform_mix, d.prediction) == ("logit_normal", 0.7, 0.1, m.prediction)

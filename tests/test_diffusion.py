@@ -142,6 +142,38 @@ def test_logit_normal_timesteps_follow_their_closed_form_cdf(mean, std):
     assert ((t >= 400) & (t < 600)).float().mean() > 0.28 and (t < 100).float().mean() < 0.05
 
 
+def test_uniform_mix_timesteps_follow_the_mixture_cdf_and_leave_the_plain_law_alone():
+    """``t_uniform_mix = w``: P(t <= k) = w q + (1 - w) Phi((logit(q) - mean) / std) with
+    q = (k + 1) / (max_t + 1), against 200,000 draws, the low end (t <= 10) to 3.5 standard errors;
+    and w = 0 draws exactly the plain law's steps (the same random stream)."""
+    mean, std, w = -1.0, 1.0, 0.1
+    diff = GaussianDiffusion("cosine", 1000, t_sampling="logit_normal", logit_mean=mean, logit_std=std,
+                             t_uniform_mix=w)
+    for max_t in (None, 50):
+        n = 200_000
+        t = diff.sample_timesteps(n, max_t=max_t, generator=torch.Generator().manual_seed(0)).numpy()
+        hi = 999 if max_t is None else max_t
+        assert t.min() >= 0 and t.max() <= hi
+        k = np.arange(hi)
+        q = (k + 1) / (hi + 1)
+        ln = 0.5 * (1 + np.vectorize(math.erf)((np.log(q / (1 - q)) - mean) / (std * math.sqrt(2))))
+        emp = np.searchsorted(np.sort(t), k, side="right") / n
+        assert np.abs(emp - (w * q + (1 - w) * ln)).max() < 0.005
+    low = (diff.sample_timesteps(200_000, generator=torch.Generator().manual_seed(1)) <= 10).double().mean().item()
+    p_low = w * 11 / 1000 + (1 - w) * 0.5 * (1 + math.erf((math.log(11 / 989) - mean) / (std * math.sqrt(2))))
+    assert abs(low - p_low) < 3.5 * math.sqrt(p_low / 200_000)  # 0.14% (the law alone: 0.03%)
+    plain = GaussianDiffusion(t_sampling="logit_normal", logit_mean=mean)
+    zero = GaussianDiffusion(t_sampling="logit_normal", logit_mean=mean, t_uniform_mix=0.0)
+    assert torch.equal(plain.sample_timesteps(500, generator=torch.Generator().manual_seed(2)),
+                       zero.sample_timesteps(500, generator=torch.Generator().manual_seed(2)))
+    # all uniform is the uniform law, whatever the logit parameters
+    assert GaussianDiffusion(t_sampling="logit_normal", logit_mean=-3.0, t_uniform_mix=1.0) == GaussianDiffusion()
+    assert diff != plain and GaussianDiffusion.from_config(diff.config()) == diff
+    for bad in (-0.1, 1.5, float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match="t_uniform_mix must be a share in"):
+            GaussianDiffusion(t_sampling="logit_normal", t_uniform_mix=bad)
+
+
 def test_t_sampling_config_round_trip_and_rejection():
     diff = GaussianDiffusion("cosine", 1000, "v", t_sampling="logit_normal", logit_mean=0.3, logit_std=0.8)
     back = GaussianDiffusion.from_config(diff.config())
@@ -150,7 +182,8 @@ def test_t_sampling_config_round_trip_and_rejection():
     # parameters of a law not in use do not make two processes differ
     assert GaussianDiffusion(logit_std=2.0) == GaussianDiffusion()
     # a config saved before t_sampling existed loads with the uniform law
-    old = {k: v for k, v in GaussianDiffusion().config().items() if k not in ("t_sampling", "logit_mean", "logit_std")}
+    old = {k: v for k, v in GaussianDiffusion().config().items() if k not in ("t_sampling", "logit_mean", "logit_std",
+                                                                          "t_uniform_mix")}
     assert GaussianDiffusion.from_config(old).t_sampling == "uniform"
     for bad, match in [({"t_sampling": "lognormal"}, "t_sampling must be one of"),
                        ({"logit_std": 0.0}, "logit_std must be a finite number > 0"),

@@ -71,6 +71,7 @@ class MMModelArgs(TransformerArgs):
     t_sampling: str = "uniform"  # uniform | logit_normal (training steps; SD3's, mid-process heavy)
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    t_uniform_mix: float = 0.0  # share of training steps drawn uniformly instead (a floor under logit_normal's ends)
     diffusion_weight: float = 5.0  # lambda
     cond_dropout: float = 0.1
 

@@ -85,8 +85,12 @@ class TSModelArgs(TransformerArgs):
     t_sampling: str = "uniform"  # uniform | logit_normal (training steps; SD3's, mid-process heavy)
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    t_uniform_mix: float = 0.0  # share of training steps drawn uniformly instead (a floor under logit_normal's ends)
     fourier_weight: float = 0.0
     tie_duplicates: bool = True  # features equal to an earlier one in every training row are decoded as its copy
+    # also feed each position its window standardized per feature (RevIN-style): structure far smaller
+    # than a feature's range (an interpolated reading inside one window) reaches the model at unit scale
+    window_input: bool = False
 
     def __post_init__(self):
         super().__post_init__()
