@@ -89,7 +89,8 @@ class TSModelArgs(TransformerArgs):
     fourier_weight: float = 0.0
     tie_duplicates: bool = True  # features equal to an earlier one in every training row are decoded as its copy
     # also feed each position its window standardized per feature (RevIN-style): structure far smaller
-    # than a feature's range (an interpolated reading inside one window) reaches the model at unit scale
+    # than a feature's range (an interpolated reading inside one window) reaches the model at unit scale.
+    # Energy-24: no gain (docs/results.md, "A second discriminative method"); kept to rerun that row
     window_input: bool = False
 
     def __post_init__(self):
