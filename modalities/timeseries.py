@@ -243,10 +243,10 @@ class TimeSeriesAdapter(Adapter):
         device, dtype = self.inp.weight.device, self.inp.weight.dtype
         lengths = [p.shape[0] // self.patch for p in payloads]
         temb = self.t_embed(t.to(device))  # n D
-        payloads = [self._inputs(p.to(device)) for p in payloads]
         if len(set(lengths)) == 1:  # all windows alike: one batched pass
             n = lengths[0]
-            x = rearrange(torch.stack(list(payloads)).to(device, dtype), "b (n k) f -> b n (k f)", k=self.patch)
+            x = self._inputs(torch.stack(list(payloads)).to(device)).to(dtype)
+            x = rearrange(x, "b (n k) f -> b n (k f)", k=self.patch)
             tok = self.inp(x) + sinusoidal(torch.arange(n, device=device), self.dim).to(dtype)  # b n D
             cond = None
             if self.timestep == "token":
@@ -256,7 +256,8 @@ class TimeSeriesAdapter(Adapter):
             else:
                 cond = temb[:, None].expand(-1, n, -1).reshape(-1, self.dim)
             return Embedded(tok.reshape(-1, self.dim), cond=cond, context=lengths)
-        x = torch.cat([rearrange(p.to(device, dtype), "(n k) f -> n (k f)", k=self.patch) for p in payloads])
+        x = torch.cat([rearrange(self._inputs(p.to(device)).to(dtype), "(n k) f -> n (k f)", k=self.patch)
+                       for p in payloads])
         pos = torch.cat([sinusoidal(torch.arange(n, device=device), self.dim) for n in lengths]).to(dtype)
         per = list((self.inp(x) + pos).split(lengths))  # each n_i D
         cond = None
