@@ -35,3 +35,24 @@ def test_doc_page_runs(page, tmp_path, monkeypatch):
 def test_docs_exist():
     assert (DOCS / "index.md").exists() and (DOCS / "concepts.md").exists()
     assert PAGES, "no runnable code blocks found in docs/"
+
+
+LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def local_links(page: Path) -> list[str]:
+    """The relative file links of a page (web addresses and in-page anchors left out)."""
+    return [t for t in LINK.findall(page.read_text()) if "://" not in t and not t.startswith("mailto:")]
+
+
+def test_local_links_finds_relative_targets_only():
+    page_text = "[a](bench/x.log) [b](https://e.org/y) [c](#top) [d](bench/z.png#frag)"
+    assert LINK.findall(page_text) == ["bench/x.log", "https://e.org/y", "bench/z.png"]
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_every_linked_artifact_exists(page):
+    """Every figure in docs/results.md points to the log or report that shows it: a link whose
+    file is gone (an artifact deleted or renamed) fails here, not in a reader's browser."""
+    missing = sorted({t for t in local_links(page) if not (page.parent / t).exists()})
+    assert not missing, f"{page.name} links to files that do not exist: {missing}"
