@@ -32,7 +32,7 @@ Reported per step and caption group (noise level x event kind), in payload units
 - ``mse / fit``, ``mse / opt``: the model's mean squared error against ``x0`` over each
   reference's (``/ opt`` >= 1 in expectation: the optimum knows the structure).
 
-    python bench/tts_denoiser.py RUN [--n 600] [--t 2 5 10 20 40 80 160] [--guided]
+    python bench/tts_denoiser.py RUN [--n 600] [--t 2 5 10 20 40 80 160] [--guided] [--set sample.use_ema=false]
 
 ``--guided`` adds the run's guidance (``eval.sample.guidance*``) as the sampler uses it. Basic
 family only (its noise is white; the wide family's AR(1) noise has no pointwise optimum). Prints a
@@ -160,8 +160,9 @@ def main() -> None:
     ap.add_argument("--guided", action="store_true", help="also with the run's guidance")
     ap.add_argument("--chunk", type=int, default=100)
     ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for loading the model, e.g. sample.use_ema=false")
     a = ap.parse_args()
-    c, model = load_run(a.run, ["eval.progress=false"])
+    c, model = load_run(a.run, ["eval.progress=false", *a.set])
     if c.data.family != "basic" or c.data.source != "synthetic":
         raise SystemExit(f"{a.run}: data.family={c.data.family}, data.source={c.data.source}: the probe needs "
                          "synthetic series of the basic family (white noise)")

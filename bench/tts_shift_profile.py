@@ -9,7 +9,7 @@ patch's output layer, correlation across borders too at the model as a whole —
 step before the shift sits from the fitted step (median |residual| / shift size: a ramp puts it
 off the step), with the flagged share split by whether the shift starts a patch.
 
-    python bench/tts_shift_profile.py RUN [--n 100] [--pool 300] [--variant "" "eval.sample.steps=1000" ...]
+    python bench/tts_shift_profile.py RUN [--n 100] [--pool 300] [--variant "" "eval.sample.steps=1000" ...] [--set sample.use_ema=false]
 
 A variant is a space-separated list of sampling overrides (``eval.sample.*``; "" = the run's own
 settings); every variant draws for the same captions with the same model. Prints a table and a
@@ -77,8 +77,10 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=300, help="seen captions drawn (the run's eval.n per group)")
     ap.add_argument("--variant", nargs="+", default=[""],
                     help="sampling overrides per variant, e.g. 'eval.sample.steps=1000' ('' = the run's)")
+    ap.add_argument("--set", nargs="*", default=[],
+                    help="overrides for loading the model and every variant, e.g. sample.use_ema=false")
     a = ap.parse_args()
-    base = [f"eval.n={a.pool}", "eval.progress=false"]
+    base = [f"eval.n={a.pool}", "eval.progress=false", *a.set]
     c, model = load_run(a.run, base)  # one model and one caption set for every variant
     test = test_pairs(c, a.run)
     idx = [i for i, g in enumerate(test.groups) if g == "seen" and test.properties[i].event_kind == "shift"][: a.n]
