@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from fusion_core.engine.stats import mean_ci95
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -37,6 +39,12 @@ def print_table(rows: list[dict], title: str) -> None:
     print("-+-".join("-" * width[c] for c in cols))
     for r in rows:
         print(" | ".join(_fmt(r[c]).ljust(width[c]) for c in cols))
+
+
+def mean_ci(values, digits: int = 4) -> str:
+    """``"mean ± 95% interval"`` of repeated scores (``fusion_core.engine.stats.mean_ci95``)."""
+    m, ci = mean_ci95(values)
+    return f"{m:.{digits}f} ± {ci:.{digits}f}"
 
 
 def print_json(name: str, rows: list[dict], **extra) -> None:

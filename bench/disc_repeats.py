@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import print_json, print_table
-from fusion_core.engine.stats import mean_ci95
+from common import mean_ci, print_json, print_table
 from fusion_core.recipes.timeseries import block_metrics, window_stats
 from fusion_core.recipes.timeseries.evaluate import floor_pair, held_out, unit_scale
 from fusion_core.recipes.timeseries.sample import load_run
@@ -55,12 +54,12 @@ def main() -> None:
     for name, (r, f) in pairs.items():
         t0 = time.time()
         feat = [window_stats.feature_discriminative_score(r, f, seed=s) for s in seeds]
-        row = {"pair": name, "feature score": "%.4f ± %.4f" % mean_ci95(feat),
+        row = {"pair": name, "feature score": mean_ci(feat),
                "feature runs": " ".join(f"{v:.3f}" for v in feat)}
         out[name] = {"feature": feat}
         if not a.skip_gru:
             gru = block_metrics.discriminative_scores_gru(r, f, seeds, e.disc_iters, e.batch, "cpu")
-            row["GRU score"] = "%.4f ± %.4f" % mean_ci95(gru)
+            row["GRU score"] = mean_ci(gru)
             row["GRU runs"] = " ".join(f"{v:.3f}" for v in gru)
             out[name]["gru"] = gru
         row["seconds"] = round(time.time() - t0)

@@ -25,8 +25,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import print_json, print_table
-from fusion_core.engine.stats import mean_ci95
+from common import mean_ci, print_json, print_table
 from fusion_core.recipes.text_timeseries import fidelity as FI
 from fusion_core.recipes.text_timeseries import properties as P
 from fusion_core.recipes.text_timeseries.evaluate import text_to_series
@@ -46,6 +45,8 @@ def main() -> None:
     ap.add_argument("--disc-iters", type=int, default=None, help="classifier steps (default: the run's eval.disc_iters)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. eval.sample.guidance=3")
     a = ap.parse_args()
+    if a.floor_draws < 1:  # before the model is loaded and sampled
+        ap.error(f"--floor-draws must be >= 1, got {a.floor_draws}")
     c, model = load_run(Path(a.run), [f"eval.n={a.n}", "eval.progress=false", *a.set])
     iters = a.disc_iters or c.eval.disc_iters
     test = test_pairs(c, Path(a.run))
@@ -55,7 +56,7 @@ def main() -> None:
     fake = text_to_series(model, c, seen.captions, shape, c.eval.seed + 1)
     sample_s = time.time() - t0
     agains = [P.generate(seen.properties, shape[0], shape[1], seed=12345 + k, family=c.data.family).values
-              for k in range(max(1, a.floor_draws))]
+              for k in range(a.floor_draws)]
     again = agains[0]
     print(f"{len(seen)} seen captions, generated in {sample_s:.0f} s; guidance {c.eval.sample.guidance} on "
           f"{list(c.eval.sample.guidance_interval)} rescale {c.eval.sample.guidance_rescale}", flush=True)
@@ -66,7 +67,7 @@ def main() -> None:
         gen = [discriminative_score(real, fake[idx], iters=iters, seed=r) for r in range(a.repeats)]
         floor = [discriminative_score(real, again[idx], iters=iters, seed=r) for r in range(a.repeats)]
         rows.append({"group": g, "n": len(idx),
-                     "disc (GRU)": "%.4f ± %.4f" % mean_ci95(gen), "floor (GRU)": "%.4f ± %.4f" % mean_ci95(floor),
+                     "disc (GRU)": mean_ci(gen), "floor (GRU)": mean_ci(floor),
                      "1-NN": round(one_nn_score(real, fake[idx]), 4),
                      "floor (1-NN)": _floor_1nn(real, [x[idx] for x in agains]),
                      "disc_runs": gen, "floor_runs": floor, "seconds": round(time.time() - t0, 1)})
@@ -80,10 +81,7 @@ def main() -> None:
 def _floor_1nn(real, agains) -> float | str:
     """The 1-NN score of real against each independent redraw: one number, or mean ± 95% interval."""
     scores = [one_nn_score(real, x) for x in agains]
-    if len(scores) == 1:
-        return round(scores[0], 4)
-    m, ci = mean_ci95(scores)
-    return f"{m:.4f} ± {ci:.4f}"
+    return round(scores[0], 4) if len(scores) == 1 else mean_ci(scores)
 
 
 if __name__ == "__main__":
