@@ -42,9 +42,10 @@ def print_table(rows: list[dict], title: str) -> None:
 
 
 def mean_ci(values, digits: int = 4) -> str:
-    """``"mean ± 95% interval"`` of repeated scores (``fusion_core.engine.stats.mean_ci95``)."""
+    """``"mean ± 95% interval"`` of repeated scores (``fusion_core.engine.stats.mean_ci95``); one
+    score alone, which has no interval, as itself."""
     m, ci = mean_ci95(values)
-    return f"{m:.{digits}f} ± {ci:.{digits}f}"
+    return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {ci:.{digits}f}"
 
 
 def print_json(name: str, rows: list[dict], **extra) -> None:

@@ -56,8 +56,7 @@ def main() -> None:
     fake = text_to_series(model, c, seen.captions, shape, c.eval.seed + 1)
     sample_s = time.time() - t0
     agains = [P.generate(seen.properties, shape[0], shape[1], seed=12345 + k, family=c.data.family).values
-              for k in range(a.floor_draws)]
-    again = agains[0]
+              for k in range(a.floor_draws)]  # the GRU floor uses the first draw
     print(f"{len(seen)} seen captions, generated in {sample_s:.0f} s; guidance {c.eval.sample.guidance} on "
           f"{list(c.eval.sample.guidance_interval)} rescale {c.eval.sample.guidance_rescale}", flush=True)
     rows = []
@@ -65,23 +64,17 @@ def main() -> None:
         real = seen.values[idx]
         t0 = time.time()
         gen = [discriminative_score(real, fake[idx], iters=iters, seed=r) for r in range(a.repeats)]
-        floor = [discriminative_score(real, again[idx], iters=iters, seed=r) for r in range(a.repeats)]
+        floor = [discriminative_score(real, agains[0][idx], iters=iters, seed=r) for r in range(a.repeats)]
         rows.append({"group": g, "n": len(idx),
                      "disc (GRU)": mean_ci(gen), "floor (GRU)": mean_ci(floor),
                      "1-NN": round(one_nn_score(real, fake[idx]), 4),
-                     "floor (1-NN)": _floor_1nn(real, [x[idx] for x in agains]),
+                     "floor (1-NN)": mean_ci([one_nn_score(real, x[idx]) for x in agains]),
                      "disc_runs": gen, "floor_runs": floor, "seconds": round(time.time() - t0, 1)})
         print({k: v for k, v in rows[-1].items() if not k.endswith("_runs")}, flush=True)
     print_table([{k: v for k, v in r.items() if not k.endswith("_runs")} for r in rows],
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, "
                 f"{a.repeats} GRU runs of {iters} steps per cell)")
     print_json("tts_group_disc", rows, run=str(a.run), n=len(seen), sample_seconds=sample_s)
-
-
-def _floor_1nn(real, agains) -> float | str:
-    """The 1-NN score of real against each independent redraw: one number, or mean ± 95% interval."""
-    scores = [one_nn_score(real, x) for x in agains]
-    return round(scores[0], 4) if len(scores) == 1 else mean_ci(scores)
 
 
 if __name__ == "__main__":
