@@ -227,9 +227,13 @@ def test_fuzz_configs_and_bad_cells_end_in_success_or_one_line(tmp_path_factory,
 
 
 def _last_step(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    steps = [json.loads(x).get("step", 0) for x in path.read_text().splitlines() if x.endswith("}")] if path.exists() else []
-    return max(steps, default=0)
+    """The newest step in the run's metrics (0 for none). The file can vanish between two looks: a
+    run killed before its first checkpoint resumes from step 0 and moves its history aside."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return max((json.loads(x).get("step", 0) for x in lines if x.endswith("}")), default=0)
 
 
 def test_kill_loop_ends_bit_identical_to_the_uninterrupted_run(tmp_path):

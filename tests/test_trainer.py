@@ -37,6 +37,22 @@ def final_weights(run_dir):
     return load_file(str(ck / (ck / "latest").read_text().strip() / "model.safetensors"))
 
 
+def at_latest(run_dir, name="step_00000012"):
+    """The run's ``latest`` pointer names ``name``. A checkpoint folder appears a moment before the
+    pointer moves to it; a kill in between resumes from the previous one (and rewrites this one),
+    so tests that kill "after step 12" wait for the pointer, not the folder."""
+    try:
+        return (Path(run_dir) / "checkpoints" / "latest").read_text().strip() == name
+    except FileNotFoundError:
+        return False
+
+
+# Each checkpoint held this long before publishing: the toy run takes ~0.2 s from its step-12
+# checkpoint to its end, a window a loaded machine's poller can miss; with the delay >= 2 s remain
+# (the kill lands in steps 13-18, or in step 18's write: either way the run resumes from step 12).
+SLOW_CKPT = {**ENV, "FUSION_CKPT_WRITE_DELAY": "1"}
+
+
 def wait_for(pred, proc, timeout=60):
     t0 = time.time()
     while not pred():
@@ -65,8 +81,8 @@ def _assert_same_run(a, b):
 
 
 def test_sigkill_during_training_then_resume_is_exact(straight, tmp_path):
-    p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6")
-    wait_for(lambda: (tmp_path / "checkpoints" / "step_00000012").is_dir(), p)
+    p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6", env=SLOW_CKPT)
+    wait_for(lambda: at_latest(tmp_path), p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert max(losses(tmp_path)) < 24, "the run finished before it was killed"
@@ -233,8 +249,8 @@ def test_a_run_resumes_on_another_number_of_processes(straight, tmp_path, first,
     reshard on load: a run killed mid-way resumes on another number of processes and ends as the
     uninterrupted one-process run does (float summation order aside)."""
     p = _launch(first, "run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6",
-                "train.strategy=fsdp")
-    wait_for(lambda: (tmp_path / "checkpoints" / "step_00000012").is_dir(), p, timeout=120)
+                "train.strategy=fsdp", env=SLOW_CKPT)
+    wait_for(lambda: at_latest(tmp_path), p, timeout=120)
     os.killpg(p.pid, signal.SIGKILL)  # the launcher and every worker
     p.wait()
     ck = tmp_path / "checkpoints" / "step_00000012"
@@ -259,8 +275,9 @@ def test_a_run_resumes_on_another_number_of_processes(straight, tmp_path, first,
 def test_worker_processes_collate_the_same_batches(straight, tmp_path):
     """train.workers=2: batches are collated in data-loading processes ahead of the loop; the
     run is the same run (and resumes exactly after a kill, as batches are a function of the step)."""
-    p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6", "train.workers=2")
-    wait_for(lambda: (tmp_path / "checkpoints" / "step_00000012").is_dir(), p)
+    p = fusion("run", "toy", *TOY, f"run_dir={tmp_path}", "train.steps=24", "train.ckpt_every=6", "train.workers=2",
+               env=SLOW_CKPT)
+    wait_for(lambda: at_latest(tmp_path), p)
     p.send_signal(signal.SIGKILL)
     p.wait()
     r = fusion("resume", str(tmp_path))
