@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 
 from fusion_core.engine.cli import main
 
@@ -13,6 +14,18 @@ def test_help_lists_commands(capsys):
     assert main(["run"]) == 2  # a usage error is one line, like every user error
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fusion: error: run: the following arguments are required")
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_every_command_the_error_line_points_to_has_a_help_page(command, capsys):
+    """A usage error ends "(see `fusion sample --help`)": that page exists without a run (it says
+    the options are the run's recipe's), and the run's recipe answers `--help` after RUN_DIR."""
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert f"(see `fusion {command} --help`)" in err
+    assert main([command, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the description
+    assert f"usage: fusion {command} RUN_DIR" in out and f"`fusion {command} RUN_DIR --help`" in out
 
 
 def test_ls_shows_recipes_presets_and_adapters(capsys):

@@ -312,9 +312,14 @@ def parser() -> argparse.ArgumentParser:
     _trust_arg(s)
     s.set_defaults(fn=cmd_export)
     for name, helptext in [("sample", "generate from a trained run"), ("evaluate", "evaluate a trained run")]:
-        s = sub.add_parser(name, help=helptext, add_help=False)
-        s.add_argument("run_dir")
-        s.add_argument("args", nargs=argparse.REMAINDER, help="recipe-specific options (try --help)")
+        s = sub.add_parser(name, help=helptext, add_help=False,
+                           usage=f"fusion {name} RUN_DIR [options] key=value ...",
+                           description=f"{helptext[0].upper()}{helptext[1:]}: its options are the run's recipe's, "
+                                       f"listed by `fusion {name} RUN_DIR --help`.")
+        # -h before RUN_DIR: this page (the recipe's own options need the run to know the recipe)
+        s.add_argument("-h", "--help", action="help", help="show this message and exit")
+        s.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or a model folder (its model/, an export)")
+        s.add_argument("args", nargs=argparse.REMAINDER, help="the recipe's options and config overrides")
         s.set_defaults(fn=cmd_recipe_command)
     s = sub.add_parser("docs", help="list the guides, or print one")
     s.add_argument("page", nargs="?", help="a guide's name, e.g. python-api")
