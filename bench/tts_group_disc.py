@@ -14,7 +14,17 @@ series per caption (the floor), and per caption group
   nothing with the GRU (``metrics.one_nn_score``), so a score that only the GRU finds small is
   not taken as a result.
 
-    python bench/tts_group_disc.py RUN [--n 1500] [--repeats 3] [--floor-draws 5] [--set eval.sample.guidance=3 ...]
+``--decompose`` adds, per group, what the 1-NN test separates: each series split by the least-squares
+fit to its caption's model (the report's fidelity fit) into its structure (the fit) and its
+residual, and the two scored apart, each against its own real-vs-real floor; and a hybrid, the
+generated structure with the residual of the second real series of the same caption, against the
+real series (its floor is the plain floor): at the floor when the residual's texture is all that
+separates the generated series; beside them the residual's medians (lag-1 autocorrelation and
+noise level, real / generated). ``--save`` / ``--load`` keep the generated series (``.npz``) so a
+second reading needs no sampling.
+
+    python bench/tts_group_disc.py RUN [--n 1500] [--repeats 3] [--floor-draws 5] [--decompose]
+        [--save fake.npz | --load fake.npz] [--set eval.sample.guidance=3 ...]
 
 Prints a table and a JSON line.
 """
@@ -25,6 +35,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 from common import mean_ci, print_json, print_table
 from fusion_core.recipes.text_timeseries import fidelity as FI
 from fusion_core.recipes.text_timeseries import properties as P
@@ -38,23 +49,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--n", type=int, default=1500, help="seen captions (one generated and two real series each)")
-    ap.add_argument("--repeats", type=int, default=3, help="GRU classifier runs per group and side")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="GRU classifier runs per group and side (0: the 1-NN test alone)")
     ap.add_argument("--floor-draws", type=int, default=1,
                     help="independent second real series per caption for the 1-NN floor (mean ± 95%% interval "
                          "when > 1: how far two real samples of a group's size score apart)")
     ap.add_argument("--disc-iters", type=int, default=None, help="classifier steps (default: the run's eval.disc_iters)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. eval.sample.guidance=3")
+    ap.add_argument("--decompose", action="store_true",
+                    help="also score the fit's structure and its residual apart, and the hybrid (see above)")
+    ap.add_argument("--save", type=Path, help="write the generated series here (.npz)")
+    ap.add_argument("--load", type=Path, help="read the generated series from --save instead of sampling")
     a = ap.parse_args()
-    if a.floor_draws < 1:  # before the model is loaded and sampled
-        ap.error(f"--floor-draws must be >= 1, got {a.floor_draws}")
+    if a.floor_draws < 1 or a.repeats < 0:  # before the model is loaded and sampled
+        ap.error(f"--floor-draws must be >= 1 and --repeats >= 0, got {a.floor_draws} and {a.repeats}")
     c, model = load_run(Path(a.run), [f"eval.n={a.n}", "eval.progress=false", *a.set])
     iters = a.disc_iters or c.eval.disc_iters
     test = test_pairs(c, Path(a.run))
     seen = test.subset([i for i, g in enumerate(test.groups) if g == "seen"])
     shape = seen.values.shape[1:]
     t0 = time.time()
-    fake = text_to_series(model, c, seen.captions, shape, c.eval.seed + 1)
-    sample_s = time.time() - t0
+    if a.load is not None:
+        fake, sample_s = load_fake(a.load, seen.captions, shape)
+    else:
+        fake = text_to_series(model, c, seen.captions, shape, c.eval.seed + 1)
+        sample_s = time.time() - t0
+    if a.save is not None:
+        np.savez(a.save, fake=fake, captions=np.array(seen.captions), sample_seconds=sample_s)
     agains = [P.generate(seen.properties, shape[0], shape[1], seed=12345 + k, family=c.data.family).values
               for k in range(a.floor_draws)]  # the GRU floor uses the first draw
     print(f"{len(seen)} seen captions, generated in {sample_s:.0f} s; guidance {c.eval.sample.guidance} on "
@@ -65,16 +86,35 @@ def main() -> None:
         t0 = time.time()
         gen = [discriminative_score(real, fake[idx], iters=iters, seed=r) for r in range(a.repeats)]
         floor = [discriminative_score(real, agains[0][idx], iters=iters, seed=r) for r in range(a.repeats)]
-        rows.append({"group": g, "n": len(idx),
-                     "disc (GRU)": mean_ci(gen), "floor (GRU)": mean_ci(floor),
+        gru = {"disc (GRU)": mean_ci(gen), "floor (GRU)": mean_ci(floor)} if a.repeats else {}
+        rows.append({"group": g, "n": len(idx), **gru,
                      "1-NN": round(one_nn_score(real, fake[idx]), 4),
                      "floor (1-NN)": mean_ci([one_nn_score(real, x[idx]) for x in agains]),
                      "disc_runs": gen, "floor_runs": floor, "seconds": round(time.time() - t0, 1)})
+        if a.decompose:
+            parts = FI.one_nn_parts(real, fake[idx], agains[0][idx], [seen.properties[i] for i in idx],
+                                    c.data.family)
+            rows[-1].update({f"1-NN {k}": round(v, 4) for k, v in parts.items() if k not in ("whole", "floor")})
+            props = [seen.properties[i] for i in idx]
+            fr, ff = (FI.measure(x, props, c.data.family) for x in (real, fake[idx]))
+            rows[-1].update({"acf1 real / gen": f"{np.median(fr.resid_acf1):.3f} / {np.median(ff.resid_acf1):.3f}",
+                             "noise real / gen": f"{np.median(fr.noise):.4f} / {np.median(ff.noise):.4f}"})
         print({k: v for k, v in rows[-1].items() if not k.endswith("_runs")}, flush=True)
     print_table([{k: v for k, v in r.items() if not k.endswith("_runs")} for r in rows],
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, "
-                f"{a.repeats} GRU runs of {iters} steps per cell)")
+                f"{a.repeats} GRU runs of {iters} steps per cell)" if a.repeats else
+                f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, 1-NN test only)")
     print_json("tts_group_disc", rows, run=str(a.run), n=len(seen), sample_seconds=sample_s)
+
+
+def load_fake(path: Path, captions: list[str], shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """Generated series saved by ``--save``, checked to belong to these captions."""
+    z = np.load(path)
+    fake, saved = z["fake"], [str(x) for x in z["captions"]]
+    if saved != list(captions) or fake.shape[1:] != tuple(shape):
+        raise SystemExit(f"{path}: saved for {len(saved)} other captions or shape {fake.shape[1:]}, "
+                         f"not these {len(captions)} captions of shape {tuple(shape)} (same run, --n and --set?)")
+    return fake, float(z["sample_seconds"])
 
 
 if __name__ == "__main__":

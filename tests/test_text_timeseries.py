@@ -457,13 +457,37 @@ def test_fidelity_of_real_against_itself_and_against_an_exaggerated_copy():
     for name in ("event_size", "amplitude"):
         assert FI.ratio(same["all"], name) == 1.0 and FI.ratio(same["all"], name, True) == 1.0
     fid = FI.measure(drawn.values, drawn.properties)
-    big = drawn.values + 0.5 * fid.fitted * 0  # start from the real series
     big = drawn.values + (drawn.values - fid.fitted - fid.resid)  # the cycle doubled
     rows = FI.compare(drawn.values, big, drawn.properties)["groups"]
     assert abs(FI.ratio(rows["cycle"], "amplitude") - 2) < 0.05
     assert abs(FI.ratio(rows["cycle"], "amplitude", True) - 2) < 0.2
     with pytest.raises(ValueError, match=r"N properties"):
         FI.measure(drawn.values, drawn.properties[:3])
+
+
+def test_one_nn_parts_find_a_planted_texture_in_the_residual_and_a_planted_cycle_in_the_structure():
+    """Planted truth for ``one_nn_parts``: series of the generator whose noise is smoothed and
+    quieted (lag-1 autocorrelation ~0.6, 0.8x the level) differ from real in the residual only;
+    series whose cycle is doubled, in the structure only; each is found in its part and not in
+    the other, and the hybrid (generated structure, real residual) keeps only the structure's."""
+    drawn = P.draw(300, P.ALL_COMBINATIONS, 64, 1, seed=7)
+    props, real = drawn.properties, drawn.values
+    again = P.generate(props, 64, 1, seed=20).values
+    x, clean = (P.generate(props, 64, 1, seed=30, noise=n).values for n in (True, False))
+    noise = x - clean
+    smooth = noise + 0.7 * (np.roll(noise, 1, axis=1) + np.roll(noise, -1, axis=1))
+    smooth = clean + smooth * 0.8 * noise.std(axis=1, keepdims=True) / smooth.std(axis=1, keepdims=True)
+    fid = FI.measure(x, props)
+    big_cycle = x + (x - fid.fitted - fid.resid)
+    tex, cyc = (FI.one_nn_parts(real, f, again, props) for f in (smooth, big_cycle))
+    for parts in (tex, cyc):
+        assert max(parts["structure floor"], parts["residual floor"], parts["floor"]) < 0.05
+    assert tex["residual"] > tex["residual floor"] + 0.15
+    # not found: within the score's sampling noise at 300 a side (~0.03 a side) of the floor
+    assert tex["structure"] < tex["structure floor"] + 0.08 and tex["hybrid"] < tex["floor"] + 0.08
+    assert cyc["structure"] > cyc["structure floor"] + 0.15 and cyc["hybrid"] > cyc["floor"] + 0.15
+    assert cyc["residual"] < cyc["residual floor"] + 0.08
+    assert cyc["whole"] > tex["whole"]  # the 1-NN test weighs a cycle's change above a texture's
 
 
 def test_fidelity_in_evaluation_scores_each_caption_group_against_its_real_floor(recipe, tmp_path):

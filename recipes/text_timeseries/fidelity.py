@@ -48,6 +48,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..timeseries.metrics import one_nn_score
 from . import estimator as E
 from . import properties as P
 from .estimator import acf1
@@ -259,6 +260,25 @@ def compare(real: np.ndarray, fake: np.ndarray, props: Sequence[P.Properties], f
     per_series = {name: {"real": getattr(fr, name).tolist(), "generated": getattr(ff, name).tolist()}
                   for name in MEASURES}
     return {"groups": table, "per_series": per_series}
+
+
+def one_nn_parts(real: np.ndarray, fake: np.ndarray, again: np.ndarray, props: Sequence[P.Properties],
+                 family: str = "basic") -> dict[str, float]:
+    """What a 1-NN two-sample test (:func:`..timeseries.metrics.one_nn_score`) separates: each
+    series split by the fit to its caption's model (:func:`measure`) into its structure (the fit)
+    and its residual, scored apart — ``structure`` and ``residual``, each beside its real-vs-real
+    floor from ``again`` (a second real series per caption) — and ``hybrid``: the generated
+    structure carrying ``again``'s residual, against ``real`` (its floor is ``real`` against
+    ``again``, the plain floor). A hybrid at the floor says the residual's texture is all that
+    separates ``fake`` from ``real``; ``whole`` is the plain score of ``fake``. ``real``, ``fake``,
+    ``again``: ``(N, L, F)``, one per caption (``tests/test_text_timeseries.py`` plants a texture
+    and a structure and checks each is found in its own part).
+    """
+    r, f, g = (measure(x, props, family).resid for x in (real, fake, again))
+    return {"structure": one_nn_score(real - r, fake - f), "structure floor": one_nn_score(real - r, again - g),
+            "residual": one_nn_score(r, f), "residual floor": one_nn_score(r, g),
+            "hybrid": one_nn_score(real, fake - f + g), "whole": one_nn_score(real, fake),
+            "floor": one_nn_score(real, again)}
 
 
 def ratio(row: dict, name: str, second: bool = False) -> float:
