@@ -626,6 +626,44 @@ def test_window_input_feeds_each_window_standardized_beside_its_values(tmp_path)
                                a.embed([torch.tensor(x[0], dtype=torch.float32)], t[:1]).tokens)
 
 
+@pytest.mark.parametrize("timestep", ["token", "add", "adaln"])
+def test_input_skip_adds_a_step_dependent_gain_on_the_noisy_input_and_starts_at_zero(timestep, tmp_path):
+    """``input_skip``: the prediction is the head's plus ``g(t) * x_t`` pointwise, ``g`` a linear
+    map of the step embedding; at initialisation ``g = 0`` (predictions equal the adapter's
+    without it, same weights); with ``g``'s bias set to ``c`` the difference is exactly
+    ``c * x_t`` on the batched and the ragged path; the key reaches the adapter from the recipe
+    config and round-trips through a saved model."""
+    from fusion_core.modalities.timeseries import TimeSeriesAdapter
+    from fusion_core.model import FusionModel
+    from fusion_core.transformer import TransformerArgs
+
+    a = TimeSeriesAdapter(32, 2, patch=4, scaling="none", timestep=timestep, input_skip=True)
+    b = TimeSeriesAdapter(32, 2, patch=4, scaling="none", timestep=timestep)
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("skip_gain.")})
+    t = torch.tensor([3, 700])
+    for xs in ([torch.randn(16, 2), torch.randn(16, 2)], [torch.randn(16, 2), torch.randn(8, 2)]):
+        ea, eb = a.embed(xs, t), b.embed(xs, t)
+        h = torch.randn(len(ea.tokens), 32)
+        assert all(torch.equal(p, q) for p, q in zip(a.head(h, ea), b.head(h, eb)))
+        with torch.no_grad():
+            a.skip_gain.bias.copy_(torch.linspace(0.5, 4.0, 8))
+        ea = a.embed(xs, t)
+        gain = torch.linspace(0.5, 4.0, 8).view(4, 2)  # (k f) -> per step in a patch, per feature
+        for p, q, x in zip(a.head(h, ea), b.head(h, eb), xs):
+            torch.testing.assert_close(p - q, x * gain.repeat(len(x) // 4, 1))
+        with torch.no_grad():
+            a.skip_gain.bias.zero_()
+    m = to_object(get_recipe("timeseries").load_config("tiny", overrides=["model.input_skip=true"])).model
+    assert m.input_skip is True
+    with torch.no_grad():
+        a.skip_gain.weight.normal_()
+    cond = {"cond_dim": 32} if timestep == "adaln" else {}
+    model = FusionModel(TransformerArgs(dim=32, n_layers=1, n_heads=2, **cond), [a])
+    model.save_pretrained(tmp_path / "m")
+    back = FusionModel.from_pretrained(tmp_path / "m").adapters["timeseries"]
+    assert back.input_skip and torch.equal(back.skip_gain.weight, a.skip_gain.weight)
+
+
 def test_the_feature_discriminative_score_is_near_zero_for_one_distribution_and_half_for_two():
     """#27: the second discriminative method against closed cases: two draws of one distribution
     score near 0, a shift of the level or of the roughness scores near 0.5, and each of its

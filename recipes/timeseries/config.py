@@ -92,6 +92,9 @@ class TSModelArgs(TransformerArgs):
     # than a feature's range (an interpolated reading inside one window) reaches the model at unit scale.
     # Energy-24: no gain (docs/results.md, "A second discriminative method"); kept to rerun that row
     window_input: bool = False
+    # a pointwise, step-dependent gain on the noisy input added to the prediction (zero at init): the
+    # fine detail a low-noise prediction must return need not cross the backbone (#28)
+    input_skip: bool = False
 
     def __post_init__(self):
         super().__post_init__()
