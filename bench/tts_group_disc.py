@@ -20,7 +20,8 @@ residual, and the two scored apart, each against its own real-vs-real floor; and
 generated structure with the residual of the second real series of the same caption, against the
 real series (its floor is the plain floor): at the floor when the residual's texture is all that
 separates the generated series; beside them the residual's medians (lag-1 autocorrelation and
-noise level, real / generated). ``--save`` / ``--load`` keep the generated series (``.npz``) so a
+noise level, real / generated) and where in frequency the residuals differ (the generated
+residual's power over the real one's in four bands of frequency, lowest first). ``--save`` / ``--load`` keep the generated series (``.npz``) so a
 second reading needs no sampling.
 
     python bench/tts_group_disc.py RUN [--n 1500] [--repeats 3] [--floor-draws 5] [--decompose]
@@ -98,7 +99,9 @@ def main() -> None:
             props = [seen.properties[i] for i in idx]
             fr, ff = (FI.measure(x, props, c.data.family) for x in (real, fake[idx]))
             rows[-1].update({"acf1 real / gen": f"{np.median(fr.resid_acf1):.3f} / {np.median(ff.resid_acf1):.3f}",
-                             "noise real / gen": f"{np.median(fr.noise):.4f} / {np.median(ff.noise):.4f}"})
+                             "noise real / gen": f"{np.median(fr.noise):.4f} / {np.median(ff.noise):.4f}",
+                             "residual power gen / real, 4 bands low->high":
+                                 " ".join(f"{v:.2f}" for v in FI.band_power_ratio(fr.resid, ff.resid))})
         print({k: v for k, v in rows[-1].items() if not k.endswith("_runs")}, flush=True)
     print_table([{k: v for k, v in r.items() if not k.endswith("_runs")} for r in rows],
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, "

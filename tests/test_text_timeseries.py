@@ -488,6 +488,18 @@ def test_one_nn_parts_find_a_planted_texture_in_the_residual_and_a_planted_cycle
     assert cyc["structure"] > cyc["structure floor"] + 0.15 and cyc["hybrid"] > cyc["floor"] + 0.15
     assert cyc["residual"] < cyc["residual floor"] + 0.08
     assert cyc["whole"] > tex["whole"]  # the 1-NN test weighs a cycle's change above a texture's
+    # and where the texture sits in frequency: the smoothed noise against white noise of the same
+    # generator, by a direct periodogram of the planted noises (the band edges of the helper)
+    white = FI.band_power_ratio(noise, again - P.generate(props, 64, 1, seed=20, noise=False).values)
+    assert all(abs(v - 1) < 0.15 for v in white)
+    ratio = FI.band_power_ratio(noise, smooth - clean)
+    k = np.arange(1, 33)
+    gain = (1 + 1.4 * np.cos(2 * np.pi * k / 64)) ** 2  # the planted 3-tap filter's power response
+    edges = np.linspace(1, 33, 5).round().astype(int)
+    want = [gain[a - 1:b - 1].mean() for a, b in zip(edges[:-1], edges[1:])]
+    scale = np.mean(ratio) / np.mean(want)  # the planted rescale to 0.8x the level, series by series
+    np.testing.assert_allclose(ratio, scale * np.array(want), rtol=0.15)
+    assert ratio[0] > 1 > ratio[-1]
 
 
 def test_fidelity_in_evaluation_scores_each_caption_group_against_its_real_floor(recipe, tmp_path):

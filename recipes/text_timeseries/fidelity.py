@@ -165,6 +165,20 @@ def acf1_spectral(r: np.ndarray) -> float:
     return float((w * P_k * np.cos(2 * np.pi * k / len(r))).sum() / tot) if tot > 0 else 0.0
 
 
+def band_power_ratio(real_resid: np.ndarray, fake_resid: np.ndarray, bands: int = 4) -> list[float]:
+    """Where two sets of residuals ``(N, L, F)`` differ in frequency: the mean periodogram of
+    ``fake_resid`` over that of ``real_resid`` in ``bands`` equal bands of frequencies 1 .. L/2
+    cycles per window (the mean is left out), lowest first. White noise of one level gives ~1 in
+    every band; a smooth residual of the same variance, above 1 low and below 1 high."""
+    def power(r):
+        return (np.abs(np.fft.rfft(r - r.mean(axis=1, keepdims=True), axis=1)) ** 2).mean(axis=(0, 2))
+
+    pr, pf = power(np.asarray(real_resid, float)), power(np.asarray(fake_resid, float))
+    edges = np.linspace(1, len(pr), bands + 1).round().astype(int)
+    return [float(pf[a:b].sum() / pr[a:b].sum()) if pr[a:b].sum() > 0 else float("nan")
+            for a, b in zip(edges[:-1], edges[1:])]
+
+
 def _loo_weights(half: int, degree: int) -> np.ndarray:
     """Weights predicting a step from its ``half`` neighbours each side (itself left out) by a
     local polynomial of ``degree``."""
