@@ -20,8 +20,11 @@ residual, and the two scored apart, each against its own real-vs-real floor; and
 generated structure with the residual of the second real series of the same caption, against the
 real series (its floor is the plain floor): at the floor when the residual's texture is all that
 separates the generated series; beside them the residual's medians (lag-1 autocorrelation and
-noise level, real / generated) and where in frequency the residuals differ (the generated
-residual's power over the real one's in four bands of frequency, lowest first). ``--save`` / ``--load`` keep the generated series (``.npz``) so a
+noise level, real / generated), where in frequency the residuals differ (the generated
+residual's power over the real one's in four bands of frequency, lowest first), and how the fitted
+structure's coefficients are spread (Kolmogorov-Smirnov distance of the trend's start and rise,
+the cycle's amplitude and the event's size, generated vs real beside a second real series vs
+real; and the rise's percentiles by captioned trend). ``--save`` / ``--load`` keep the generated series (``.npz``) so a
 second reading needs no sampling.
 
     python bench/tts_group_disc.py RUN [--n 1500] [--repeats 3] [--floor-draws 5] [--decompose]
@@ -44,6 +47,7 @@ from fusion_core.recipes.text_timeseries.evaluate import text_to_series
 from fusion_core.recipes.text_timeseries.sample import load_run
 from fusion_core.recipes.text_timeseries.train import test_pairs
 from fusion_core.recipes.timeseries.metrics import discriminative_score, one_nn_score
+from scipy.stats import ks_2samp
 
 
 def main() -> None:
@@ -97,7 +101,9 @@ def main() -> None:
                                     c.data.family)
             rows[-1].update({f"1-NN {k}": round(v, 4) for k, v in parts.items() if k not in ("whole", "floor")})
             props = [seen.properties[i] for i in idx]
-            fr, ff = (FI.measure(x, props, c.data.family) for x in (real, fake[idx]))
+            fr, ff, fg = (FI.measure(x, props, c.data.family) for x in (real, fake[idx], agains[0][idx]))
+            rows[-1].update({f"KS {k} gen / floor": ks_pair(getattr(fr, k), getattr(ff, k), getattr(fg, k))
+                             for k in COEFFICIENTS})
             rows[-1].update({"acf1 real / gen": f"{np.median(fr.resid_acf1):.3f} / {np.median(ff.resid_acf1):.3f}",
                              "noise real / gen": f"{np.median(fr.noise):.4f} / {np.median(ff.noise):.4f}",
                              "residual power gen / real, 4 bands low->high":
@@ -107,7 +113,36 @@ def main() -> None:
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, "
                 f"{a.repeats} GRU runs of {iters} steps per cell)" if a.repeats else
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, 1-NN test only)")
-    print_json("tts_group_disc", rows, run=str(a.run), n=len(seen), sample_seconds=sample_s)
+    if a.decompose:
+        trends = trend_spread(seen.values, fake, agains[0], seen.properties, c.data.family)
+        print_table(trends, "the fitted trend's rise (last step less first) by captioned trend, 10th / 50th / 90th "
+                            "percentile: real, generated, second real series")
+    print_json("tts_group_disc", rows, run=str(a.run), n=len(seen), sample_seconds=sample_s,
+               **({"trends": trends} if a.decompose else {}))
+
+
+COEFFICIENTS = ("start", "rise", "amplitude", "event_size")  # the fit's structure, series by series
+
+
+def ks_pair(real: np.ndarray, fake: np.ndarray, again: np.ndarray) -> str:
+    """Two-sample Kolmogorov-Smirnov distance of one fitted coefficient, generated vs real and
+    (the floor) a second real series vs real; ``-`` where the group has under 20 values."""
+    a, b, g = (v[~np.isnan(v)] for v in (real, fake, again))
+    if min(len(a), len(b), len(g)) < 20:
+        return "-"
+    return f"{ks_2samp(a, b).statistic:.3f} / {ks_2samp(a, g).statistic:.3f}"
+
+
+def trend_spread(real: np.ndarray, fake: np.ndarray, again: np.ndarray, props: list, family: str) -> list[dict]:
+    """Percentiles of the fitted trend's rise per captioned trend (rising, falling, flat)."""
+    rises = [FI.measure(x, props, family).rise for x in (real, fake, again)]
+    rows = []
+    for trend in sorted({p.trend for p in props}):
+        m = np.array([p.trend == trend for p in props])
+        q = [np.quantile(r[m], [0.1, 0.5, 0.9]) for r in rises]
+        rows.append({"trend": trend, "n": int(m.sum()),
+                     **{name: " ".join(f"{v:+.3f}" for v in qq) for name, qq in zip(("real", "generated", "second real"), q)}})
+    return rows
 
 
 def load_fake(path: Path, captions: list[str], shape: tuple[int, ...]) -> tuple[np.ndarray, float]:

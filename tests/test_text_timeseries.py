@@ -465,6 +465,24 @@ def test_fidelity_of_real_against_itself_and_against_an_exaggerated_copy():
         FI.measure(drawn.values, drawn.properties[:3])
 
 
+def test_the_fit_reads_a_trends_start_and_rise_back():
+    """``measure``'s ``start`` and ``rise``: the fitted trend at the first step and its last step
+    less its first, exact on noiseless series built by hand (a line, a cycle and a shift on it),
+    per channel averaged; and for the wide family's cubic the same two values of the curve."""
+    L = 64
+    u, i = np.linspace(0, 1, L), np.arange(L)
+    line = np.stack([0.3 + 2.0 * u, -0.1 - 1.0 * u], axis=1)  # channels: start 0.3 / -0.1, rise 2.0 / -1.0
+    cyc = 0.8 * np.sin(2 * np.pi * i / 12 + 0.4)[:, None]
+    shift = 1.7 * (i >= 30)[:, None]
+    props = [P.Properties("rising", 0, "low", "none"), P.Properties("rising", 12, "low", "shift@middle")]
+    fid = FI.measure(np.stack([line, line + cyc + shift]), props)
+    np.testing.assert_allclose(fid.start, [0.1, 0.1], atol=1e-9)
+    np.testing.assert_allclose(fid.rise, [0.5, 0.5], atol=1e-9)
+    curve = (0.2 + 1.5 * u ** 2 - 0.5 * u ** 3)[:, None]
+    wide = FI.measure(curve[None], props[:1], family="wide")
+    np.testing.assert_allclose([wide.start[0], wide.rise[0]], [0.2, 1.0], atol=1e-9)
+
+
 def test_one_nn_parts_find_a_planted_texture_in_the_residual_and_a_planted_cycle_in_the_structure():
     """Planted truth for ``one_nn_parts``: series of the generator whose noise is smoothed and
     quieted (lag-1 autocorrelation ~0.6, 0.8x the level) differ from real in the residual only;

@@ -76,6 +76,8 @@ class Fidelity:
     event_at: np.ndarray = field(repr=False, default=None)  # fitted event position (-1: none)
     resid: np.ndarray = field(repr=False, default=None)  # (N, L, F)
     fitted: np.ndarray = field(repr=False, default=None)  # trend + event part of the fit (N, L, F)
+    start: np.ndarray = field(repr=False, default=None)  # the fitted trend at the first step, mean over channels
+    rise: np.ndarray = field(repr=False, default=None)  # the fitted trend's last step less its first, mean over channels
 
 
 def _where_range(where: str, L: int) -> range:
@@ -132,6 +134,7 @@ def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic")
     N, L, F = x.shape
     out = {k: np.full(N, np.nan) for k in MEASURES}
     at_all = np.full(N, -1)
+    start, rise = np.zeros(N), np.zeros(N)
     resid = np.zeros_like(x)
     fitted = np.zeros_like(x)
     for s, p in enumerate(props):
@@ -141,6 +144,8 @@ def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic")
         resid[s] = r
         keep = list(range(poly + 1)) + ([X.shape[1] - 1] if at >= 0 else [])  # trend and event columns
         fitted[s] = X[:, keep] @ coef[keep]
+        start[s] = float(coef[0].mean())  # the design's u runs 0 .. 1: trend(0) = intercept
+        rise[s] = float(coef[1: poly + 1].sum(axis=0).mean())  # trend(1) - trend(0)
         flagged = (np.abs(robust_z(r)) > OUTLIER_Z).any(axis=1)
         out["extra_outliers"][s] = float(flagged.sum())
         if at >= 0:
@@ -152,7 +157,7 @@ def measure(x: np.ndarray, props: Sequence[P.Properties], family: str = "basic")
             out["amplitude"][s] = float(np.hypot(coef[poly + 1], coef[poly + 2]).mean())
         out["resid_acf1"][s] = float(np.mean([acf1(r[:, f]) for f in range(F)]))
         out["noise"][s] = E.noise_level(r)
-    return Fidelity(**out, event_at=at_all, resid=resid, fitted=fitted)
+    return Fidelity(**out, event_at=at_all, resid=resid, fitted=fitted, start=start, rise=rise)
 
 
 def acf1_spectral(r: np.ndarray) -> float:
