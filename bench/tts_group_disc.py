@@ -85,6 +85,8 @@ def main() -> None:
               for k in range(a.floor_draws)]  # the GRU floor uses the first draw
     print(f"{len(seen)} seen captions, generated in {sample_s:.0f} s; guidance {c.eval.sample.guidance} on "
           f"{list(c.eval.sample.guidance_interval)} rescale {c.eval.sample.guidance_rescale}", flush=True)
+    if a.decompose:  # every series fitted once; the groups index the fits
+        fits = [FI.measure(x, seen.properties, c.data.family) for x in (seen.values, fake, agains[0])]
     rows = []
     for g, idx in {"all": list(range(len(seen))), **FI.caption_groups(seen.properties)}.items():
         real = seen.values[idx]
@@ -97,24 +99,22 @@ def main() -> None:
                      "floor (1-NN)": mean_ci([one_nn_score(real, x[idx]) for x in agains]),
                      "disc_runs": gen, "floor_runs": floor, "seconds": round(time.time() - t0, 1)})
         if a.decompose:
-            parts = FI.one_nn_parts(real, fake[idx], agains[0][idx], [seen.properties[i] for i in idx],
-                                    c.data.family)
+            fr, ff, fg = ({k: getattr(f, k)[idx] for k in (*COEFFICIENTS, "resid", "resid_acf1", "noise")}
+                          for f in fits)
+            parts = FI.one_nn_parts(real, fake[idx], agains[0][idx], None, resid=(fr["resid"], ff["resid"], fg["resid"]))
             rows[-1].update({f"1-NN {k}": round(v, 4) for k, v in parts.items() if k not in ("whole", "floor")})
-            props = [seen.properties[i] for i in idx]
-            fr, ff, fg = (FI.measure(x, props, c.data.family) for x in (real, fake[idx], agains[0][idx]))
-            rows[-1].update({f"KS {k} gen / floor": ks_pair(getattr(fr, k), getattr(ff, k), getattr(fg, k))
-                             for k in COEFFICIENTS})
-            rows[-1].update({"acf1 real / gen": f"{np.median(fr.resid_acf1):.3f} / {np.median(ff.resid_acf1):.3f}",
-                             "noise real / gen": f"{np.median(fr.noise):.4f} / {np.median(ff.noise):.4f}",
+            rows[-1].update({f"KS {k} gen / floor": ks_pair(fr[k], ff[k], fg[k]) for k in COEFFICIENTS})
+            rows[-1].update({"acf1 real / gen": f"{np.median(fr['resid_acf1']):.3f} / {np.median(ff['resid_acf1']):.3f}",
+                             "noise real / gen": f"{np.median(fr['noise']):.4f} / {np.median(ff['noise']):.4f}",
                              "residual power gen / real, 4 bands low->high":
-                                 " ".join(f"{v:.2f}" for v in FI.band_power_ratio(fr.resid, ff.resid))})
+                                 " ".join(f"{v:.2f}" for v in FI.band_power_ratio(fr["resid"], ff["resid"]))})
         print({k: v for k, v in rows[-1].items() if not k.endswith("_runs")}, flush=True)
     print_table([{k: v for k, v in r.items() if not k.endswith("_runs")} for r in rows],
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, "
                 f"{a.repeats} GRU runs of {iters} steps per cell)" if a.repeats else
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, 1-NN test only)")
     if a.decompose:
-        trends = trend_spread(seen.values, fake, agains[0], seen.properties, c.data.family)
+        trends = trend_spread([f.rise for f in fits], seen.properties)
         print_table(trends, "the fitted trend's rise (last step less first) by captioned trend, 10th / 50th / 90th "
                             "percentile: real, generated, second real series")
     print_json("tts_group_disc", rows, run=str(a.run), n=len(seen), sample_seconds=sample_s,
@@ -133,9 +133,9 @@ def ks_pair(real: np.ndarray, fake: np.ndarray, again: np.ndarray) -> str:
     return f"{ks_2samp(a, b).statistic:.3f} / {ks_2samp(a, g).statistic:.3f}"
 
 
-def trend_spread(real: np.ndarray, fake: np.ndarray, again: np.ndarray, props: list, family: str) -> list[dict]:
-    """Percentiles of the fitted trend's rise per captioned trend (rising, falling, flat)."""
-    rises = [FI.measure(x, props, family).rise for x in (real, fake, again)]
+def trend_spread(rises: list[np.ndarray], props: list) -> list[dict]:
+    """Percentiles of the fitted trend's rise (real, generated, second real: ``measure``'s
+    ``rise``) per captioned trend (rising, falling, flat)."""
     rows = []
     for trend in sorted({p.trend for p in props}):
         m = np.array([p.trend == trend for p in props])

@@ -23,7 +23,9 @@ backbone's: ``g`` a linear map of the step embedding, one gain per value of a po
 initialisation (the model starts as without it). At low noise the ideal v/eps prediction is
 ``(1 - k) (x_t - mu) / s_t`` — the data's own noise in ``x_t``, amplified ~1/s_t, less a smooth
 structure ``mu`` — and without the skip that pointwise detail, ~1% of a position's input, has to
-cross every block of the backbone (#28: the generated residual comes out smooth and quiet).
+cross every block of the backbone. Measured on text_timeseries (#28, docs/results.md): trained
+with it, the gains stay near 0 where that path would need 5-12 — the backbone already carries
+the pointwise part — so it is off by default and kept to rerun that measurement.
 
 Shapes: n windows, T steps, F features, k steps per patch, D width.
 """

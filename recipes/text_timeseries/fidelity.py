@@ -282,7 +282,8 @@ def compare(real: np.ndarray, fake: np.ndarray, props: Sequence[P.Properties], f
 
 
 def one_nn_parts(real: np.ndarray, fake: np.ndarray, again: np.ndarray, props: Sequence[P.Properties],
-                 family: str = "basic") -> dict[str, float]:
+                 family: str = "basic", resid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> dict[str, float]:
     """What a 1-NN two-sample test (:func:`..timeseries.metrics.one_nn_score`) separates: each
     series split by the fit to its caption's model (:func:`measure`) into its structure (the fit)
     and its residual, scored apart — ``structure`` and ``residual``, each beside its real-vs-real
@@ -291,9 +292,10 @@ def one_nn_parts(real: np.ndarray, fake: np.ndarray, again: np.ndarray, props: S
     ``again``, the plain floor). A hybrid at the floor says the residual's texture is all that
     separates ``fake`` from ``real``; ``whole`` is the plain score of ``fake``. ``real``, ``fake``,
     ``again``: ``(N, L, F)``, one per caption (``tests/test_text_timeseries.py`` plants a texture
-    and a structure and checks each is found in its own part).
+    and a structure and checks each is found in its own part). ``resid``: the three residuals when
+    the caller has fitted them already (:func:`measure`'s ``resid``), else they are fitted here.
     """
-    r, f, g = (measure(x, props, family).resid for x in (real, fake, again))
+    r, f, g = resid if resid is not None else (measure(x, props, family).resid for x in (real, fake, again))
     return {"structure": one_nn_score(real - r, fake - f), "structure floor": one_nn_score(real - r, again - g),
             "residual": one_nn_score(r, f), "residual floor": one_nn_score(r, g),
             "hybrid": one_nn_score(real, fake - f + g), "whole": one_nn_score(real, fake),
