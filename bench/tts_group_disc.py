@@ -43,6 +43,7 @@ import numpy as np
 from common import mean_ci, print_json, print_table
 from fusion_core.recipes.text_timeseries import fidelity as FI
 from fusion_core.recipes.text_timeseries import properties as P
+from fusion_core.recipes.text_timeseries import separation as SEP
 from fusion_core.recipes.text_timeseries.evaluate import text_to_series
 from fusion_core.recipes.text_timeseries.sample import load_run
 from fusion_core.recipes.text_timeseries.train import test_pairs
@@ -101,13 +102,13 @@ def main() -> None:
         if a.decompose:
             fr, ff, fg = ({k: getattr(f, k)[idx] for k in (*COEFFICIENTS, "resid", "resid_acf1", "noise")}
                           for f in fits)
-            parts = FI.one_nn_parts(real, fake[idx], agains[0][idx], None, resid=(fr["resid"], ff["resid"], fg["resid"]))
+            parts = SEP.one_nn_parts(real, fake[idx], agains[0][idx], None, resid=(fr["resid"], ff["resid"], fg["resid"]))
             rows[-1].update({f"1-NN {k}": round(v, 4) for k, v in parts.items() if k not in ("whole", "floor")})
             rows[-1].update({f"KS {k} gen / floor": ks_pair(fr[k], ff[k], fg[k]) for k in COEFFICIENTS})
             rows[-1].update({"acf1 real / gen": f"{np.median(fr['resid_acf1']):.3f} / {np.median(ff['resid_acf1']):.3f}",
                              "noise real / gen": f"{np.median(fr['noise']):.4f} / {np.median(ff['noise']):.4f}",
                              "residual power gen / real, 4 bands low->high":
-                                 " ".join(f"{v:.2f}" for v in FI.band_power_ratio(fr["resid"], ff["resid"]))})
+                                 " ".join(f"{v:.2f}" for v in SEP.band_power_ratio(fr["resid"], ff["resid"]))})
         print({k: v for k, v in rows[-1].items() if not k.endswith("_runs")}, flush=True)
     print_table([{k: v for k, v in r.items() if not k.endswith("_runs")} for r in rows],
                 f"discriminative scores per caption group, run {a.run} ({len(seen)} seen captions, "

@@ -16,6 +16,7 @@ from fusion_core.recipes.text_timeseries import data as D
 from fusion_core.recipes.text_timeseries import estimator as E
 from fusion_core.recipes.text_timeseries import fidelity as FI
 from fusion_core.recipes.text_timeseries import properties as P
+from fusion_core.recipes.text_timeseries import separation as SEP
 from fusion_core.recipes.text_timeseries.train import MODALITY, build_model, encode_pair, load_pairs
 
 
@@ -497,7 +498,7 @@ def test_one_nn_parts_find_a_planted_texture_in_the_residual_and_a_planted_cycle
     smooth = clean + smooth * 0.8 * noise.std(axis=1, keepdims=True) / smooth.std(axis=1, keepdims=True)
     fid = FI.measure(x, props)
     big_cycle = x + (x - fid.fitted - fid.resid)
-    tex, cyc = (FI.one_nn_parts(real, f, again, props) for f in (smooth, big_cycle))
+    tex, cyc = (SEP.one_nn_parts(real, f, again, props) for f in (smooth, big_cycle))
     for parts in (tex, cyc):
         assert max(parts["structure floor"], parts["residual floor"], parts["floor"]) < 0.05
     assert tex["residual"] > tex["residual floor"] + 0.15
@@ -508,9 +509,9 @@ def test_one_nn_parts_find_a_planted_texture_in_the_residual_and_a_planted_cycle
     assert cyc["whole"] > tex["whole"]  # the 1-NN test weighs a cycle's change above a texture's
     # and where the texture sits in frequency: the smoothed noise against white noise of the same
     # generator, by a direct periodogram of the planted noises (the band edges of the helper)
-    white = FI.band_power_ratio(noise, again - P.generate(props, 64, 1, seed=20, noise=False).values)
+    white = SEP.band_power_ratio(noise, again - P.generate(props, 64, 1, seed=20, noise=False).values)
     assert all(abs(v - 1) < 0.15 for v in white)
-    ratio = FI.band_power_ratio(noise, smooth - clean)
+    ratio = SEP.band_power_ratio(noise, smooth - clean)
     k = np.arange(1, 33)
     gain = (1 + 1.4 * np.cos(2 * np.pi * k / 64)) ** 2  # the planted 3-tap filter's power response
     edges = np.linspace(1, 33, 5).round().astype(int)
