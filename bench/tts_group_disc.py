@@ -23,9 +23,9 @@ separates the generated series; beside them the residual's medians (lag-1 autoco
 noise level, real / generated), where in frequency the residuals differ (the generated
 residual's power over the real one's in four bands of frequency, lowest first), and how the fitted
 structure's coefficients are spread (Kolmogorov-Smirnov distance of the trend's start and rise,
-the cycle's amplitude and the event's size, generated vs real beside a second real series vs
-real; and the rise's percentiles by captioned trend). ``--save`` / ``--load`` keep the generated series (``.npz``) so a
-second reading needs no sampling.
+the cycle's amplitude, the event's size and its position, generated vs real beside a second
+real series vs real; and the rise's percentiles by captioned trend). ``--save`` / ``--load``
+keep the generated series (``.npz``) so a second reading needs no sampling.
 
     python bench/tts_group_disc.py RUN [--n 1500] [--repeats 3] [--floor-draws 5] [--decompose]
         [--save fake.npz | --load fake.npz] [--set eval.sample.guidance=3 ...]
@@ -100,7 +100,7 @@ def main() -> None:
                      "floor (1-NN)": mean_ci([one_nn_score(real, x[idx]) for x in agains]),
                      "disc_runs": gen, "floor_runs": floor, "seconds": round(time.time() - t0, 1)})
         if a.decompose:
-            fr, ff, fg = ({k: getattr(f, k)[idx] for k in (*COEFFICIENTS, "resid", "resid_acf1", "noise")}
+            fr, ff, fg = ({k: per_series(f, k)[idx] for k in (*COEFFICIENTS, "resid", "resid_acf1", "noise")}
                           for f in fits)
             parts = SEP.one_nn_parts(real, fake[idx], agains[0][idx], None, resid=(fr["resid"], ff["resid"], fg["resid"]))
             rows[-1].update({f"1-NN {k}": round(v, 4) for k, v in parts.items() if k not in ("whole", "floor")})
@@ -122,7 +122,14 @@ def main() -> None:
                **({"trends": trends} if a.decompose else {}))
 
 
-COEFFICIENTS = ("start", "rise", "amplitude", "event_size")  # the fit's structure, series by series
+COEFFICIENTS = ("start", "rise", "amplitude", "event_size", "event_at")  # the fit's structure, series by series
+
+
+def per_series(fit: FI.Fidelity, key: str) -> np.ndarray:
+    """One of ``measure``'s per-series arrays; the event position as a float with ``nan`` where
+    the caption has no event (``measure`` writes -1 there)."""
+    v = getattr(fit, key)
+    return np.where(v < 0, np.nan, v.astype(float)) if key == "event_at" else v
 
 
 def ks_pair(real: np.ndarray, fake: np.ndarray, again: np.ndarray) -> str:

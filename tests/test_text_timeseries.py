@@ -564,6 +564,21 @@ def test_the_faithful_presets_are_the_quick_one_with_adaln_low_noise_steps_less_
     assert {k for k in b if b[k] != wide[k]} == {"data.family"} and wide["data.family"] == "wide"
 
 
+def test_group_disc_reads_event_positions_only_where_there_is_an_event(monkeypatch):
+    # bench/tts_group_disc.py compares the fitted event position's spread, generated vs real:
+    # captions without an event (measure's -1) must not enter the KS distance as position -1
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from tts_group_disc import ks_pair, per_series
+
+    props = [P.Properties("rising", 0, "low", "spike@middle"), P.Properties("flat", 0, "low", "none")] * 20
+    x = P.generate(props, 64, 1, seed=0).values
+    fit = FI.measure(x, props)
+    at = per_series(fit, "event_at")
+    assert np.isnan(at[1::2]).all() and (at[0::2] >= 0.4 * 64 - 3).all()
+    assert ks_pair(at, at + 64, at) == "1.000 / 0.000"  # positions apart: KS 1, the same: 0
+    assert ks_pair(at[:30], at[:30], at[:30]) == "-"  # 15 events: under 20 values
+
+
 def test_acf1_by_patch_against_closed_forms(monkeypatch):
     # bench/tts_shift_profile.py splits the residual's lag-1 autocorrelation into the neighbour
     # pairs inside one of the model's patches and those across a patch border
