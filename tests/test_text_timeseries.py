@@ -553,13 +553,15 @@ def test_the_faithful_presets_are_the_quick_one_with_adaln_low_noise_steps_less_
 
     a, b = flat(quick), flat(faithful)
     changed = {"model.timestep", "model.t_sampling", "model.logit_mean"} | {
-        f"{where}.{k}" for where in ("sample", "eval.sample") for k in ("guidance", "sampler", "steps")}
+        f"{where}.{k}" for where in ("sample", "eval.sample")
+        for k in ("guidance", "guidance_interval", "sampler", "steps")}
     assert {k for k in a if a[k] != b[k]} == changed
     assert {k: b[k] for k in changed} == {
         "model.timestep": "adaln", "model.t_sampling": "logit_normal", "model.logit_mean": -1.0,
         "sample.guidance": 2.0, "sample.sampler": "ddpm", "sample.steps": 250,
-        "eval.sample.guidance": 2.0, "eval.sample.sampler": "ddpm", "eval.sample.steps": 250}
-    assert a["sample.guidance_interval"] == b["sample.guidance_interval"] == [0.0, 0.5]
+        "eval.sample.guidance": 2.0, "eval.sample.sampler": "ddpm", "eval.sample.steps": 250,
+        "sample.guidance_interval": [0.0, 0.2], "eval.sample.guidance_interval": [0.0, 0.2]}
+    assert a["sample.guidance_interval"] == a["eval.sample.guidance_interval"] == [0.0, 0.5]
     wide = flat(OmegaConf.to_container(recipe.load_config("faithful_wide")))
     assert {k for k in b if b[k] != wide[k]} == {"data.family"} and wide["data.family"] == "wide"
 
