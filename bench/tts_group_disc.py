@@ -102,7 +102,7 @@ def main() -> None:
         if a.decompose:
             fr, ff, fg = ({k: per_series(f, k)[idx] for k in (*COEFFICIENTS, "resid", "resid_acf1", "noise")}
                           for f in fits)
-            parts = SEP.one_nn_parts(real, fake[idx], agains[0][idx], None, resid=(fr["resid"], ff["resid"], fg["resid"]))
+            parts = SEP.one_nn_parts(real, fake[idx], agains[0][idx], (fr["resid"], ff["resid"], fg["resid"]))
             rows[-1].update({f"1-NN {k}": round(v, 4) for k, v in parts.items() if k not in ("whole", "floor")})
             rows[-1].update({f"KS {k} gen / floor": ks_pair(fr[k], ff[k], fg[k]) for k in COEFFICIENTS})
             rows[-1].update({"acf1 real / gen": f"{np.median(fr['resid_acf1']):.3f} / {np.median(ff['resid_acf1']):.3f}",

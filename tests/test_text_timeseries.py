@@ -498,7 +498,9 @@ def test_one_nn_parts_find_a_planted_texture_in_the_residual_and_a_planted_cycle
     smooth = clean + smooth * 0.8 * noise.std(axis=1, keepdims=True) / smooth.std(axis=1, keepdims=True)
     fid = FI.measure(x, props)
     big_cycle = x + (x - fid.fitted - fid.resid)
-    tex, cyc = (SEP.one_nn_parts(real, f, again, props) for f in (smooth, big_cycle))
+    r_real, r_again = (FI.measure(v, props).resid for v in (real, again))
+    tex, cyc = (SEP.one_nn_parts(real, f, again, (r_real, FI.measure(f, props).resid, r_again))
+                for f in (smooth, big_cycle))
     for parts in (tex, cyc):
         assert max(parts["structure floor"], parts["residual floor"], parts["floor"]) < 0.05
     assert tex["residual"] > tex["residual floor"] + 0.15

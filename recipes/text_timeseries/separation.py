@@ -10,31 +10,27 @@ Shapes: N series, L steps, F channels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from itertools import pairwise
 
 import numpy as np
 
 from ..timeseries.metrics import one_nn_score
-from . import properties as P
-from .fidelity import measure
 
 
-def one_nn_parts(real: np.ndarray, fake: np.ndarray, again: np.ndarray, props: Sequence[P.Properties],
-                 family: str = "basic", resid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-                 ) -> dict[str, float]:
+def one_nn_parts(real: np.ndarray, fake: np.ndarray, again: np.ndarray,
+                 resid: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float]:
     """What a 1-NN two-sample test (:func:`..timeseries.metrics.one_nn_score`) separates: each
-    series split by the fit to its caption's model (:func:`.fidelity.measure`) into its structure (the fit)
-    and its residual, scored apart — ``structure`` and ``residual``, each beside its real-vs-real
+    series split by the fit to its caption's model into its structure (the fit) and its residual
+    (``resid``: the three residuals, :func:`.fidelity.measure`'s ``resid`` of ``real``, ``fake``
+    and ``again``), scored apart — ``structure`` and ``residual``, each beside its real-vs-real
     floor from ``again`` (a second real series per caption) — and ``hybrid``: the generated
     structure carrying ``again``'s residual, against ``real`` (its floor is ``real`` against
     ``again``, the plain floor). A hybrid at the floor says the residual's texture is all that
     separates ``fake`` from ``real``; ``whole`` is the plain score of ``fake``. ``real``, ``fake``,
     ``again``: ``(N, L, F)``, one per caption (``tests/test_text_timeseries.py`` plants a texture
-    and a structure and checks each is found in its own part). ``resid``: the three residuals when
-    the caller has fitted them already (:func:`.fidelity.measure`'s ``resid``), else they are fitted here.
+    and a structure and checks each is found in its own part).
     """
-    r, f, g = resid if resid is not None else (measure(x, props, family).resid for x in (real, fake, again))
+    r, f, g = resid
     return {"structure": one_nn_score(real - r, fake - f), "structure floor": one_nn_score(real - r, again - g),
             "residual": one_nn_score(r, f), "residual floor": one_nn_score(r, g),
             "hybrid": one_nn_score(real, fake - f + g), "whole": one_nn_score(real, fake),
