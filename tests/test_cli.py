@@ -1,3 +1,4 @@
+import io
 import subprocess
 import sys
 
@@ -83,3 +84,46 @@ def test_sample_takes_an_exported_model_folder_and_never_writes_into_it(tmp_path
     assert main(["sample", str(run / "model")]) == 0 and (run / "samples.txt").is_file()  # the run around it
     assert "samples.txt" not in {p.name for p in (run / "model").iterdir()}
     capsys.readouterr()
+
+
+class _Exited(Exception):
+    pass
+
+
+class _Stream(io.StringIO):
+    flushed = False
+
+    def flush(self):
+        self.flushed = True
+        super().flush()
+
+
+@pytest.mark.parametrize("outcome, code", [(3, 3), (SystemExit(2), 2), (RuntimeError("boom"), 1)])
+def test_a_torchrun_worker_ends_without_finalization(monkeypatch, outcome, code):
+    """A worker (LOCAL_RANK set, WORLD_SIZE > 1) leaves through os._exit with its command's exit
+    code, its streams flushed (gloo's threads can abort a finalizing interpreter); a single
+    process returns the code as usual."""
+    import fusion_core.engine.cli as cli
+
+    def fake_main():
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def fake_exit(c):
+        raise _Exited(c)
+
+    out, err = _Stream(), _Stream()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(_Exited) as e:
+        cli.entry()
+    assert e.value.args == (code,) and out.flushed and err.flushed
+    assert ("RuntimeError: boom" in err.getvalue()) == (code == 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    if not isinstance(outcome, BaseException):
+        assert cli.entry() == outcome
