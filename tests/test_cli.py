@@ -1,4 +1,5 @@
 import io
+import os
 import subprocess
 import sys
 
@@ -98,7 +99,8 @@ class _Stream(io.StringIO):
         super().flush()
 
 
-@pytest.mark.parametrize("outcome, code", [(3, 3), (SystemExit(2), 2), (RuntimeError("boom"), 1)])
+@pytest.mark.parametrize("outcome, code", [(3, 3), (SystemExit(2), 2), (SystemExit("bad"), 1),
+                                           (RuntimeError("boom"), 1)])
 def test_a_torchrun_worker_ends_without_finalization(monkeypatch, outcome, code):
     """A worker (LOCAL_RANK set, WORLD_SIZE > 1) leaves through os._exit with its command's exit
     code, its streams flushed (gloo's threads can abort a finalizing interpreter); a single
@@ -117,13 +119,14 @@ def test_a_torchrun_worker_ends_without_finalization(monkeypatch, outcome, code)
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
     monkeypatch.setattr(cli, "main", fake_main)
-    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(os, "_exit", fake_exit)
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(_Exited) as e:
         cli.entry()
     assert e.value.args == (code,) and out.flushed and err.flushed
-    assert ("RuntimeError: boom" in err.getvalue()) == (code == 1)
+    assert ("RuntimeError: boom" in err.getvalue()) == isinstance(outcome, RuntimeError)
+    assert ("bad" in err.getvalue()) == (getattr(outcome, "code", None) == "bad")
     monkeypatch.setenv("WORLD_SIZE", "1")
     if not isinstance(outcome, BaseException):
         assert cli.entry() == outcome

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from .config import ConfigError, load_config, to_yaml
 
@@ -397,47 +396,26 @@ def _main(argv: list[str] | None) -> int:
         return 130
 
 
-def _is_worker() -> bool:
-    """Whether this process is one of several torchrun workers."""
-    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _end_worker(code: int) -> NoReturn:
-    """End a torchrun worker whose command has returned, skipping the interpreter's finalization.
-
-    ``destroy_process_group`` does not stop gloo's worker threads while anything still holds the
-    process group, and torch's own caches do (DTensor's sharding propagation and FSDP's meshes,
-    until the interpreter exits). A thread that drops a finished collective's last reference to a
-    tensor Python also holds must take the GIL; if the interpreter is finalizing by then, the
-    process aborts ("terminate called without an active exception", SIGABRT, after every file
-    was written; pytorch/pytorch#190489): 2 of 83 two-process FSDP runs on a busy two-core CPU.
-    Every file is closed when the command returns, so flush the streams and leave."""
-    import logging
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 def entry() -> int:
-    """The ``fusion`` console script: :func:`main`; a torchrun worker ends through
-    :func:`_end_worker`."""
-    if not _is_worker():
+    """The ``fusion`` console script: :func:`main`. A torchrun worker (``LOCAL_RANK`` set,
+    ``WORLD_SIZE`` > 1) ends through :func:`~fusion_core.engine.distributed.end_worker`, with the
+    exit code the interpreter would have given it."""
+    if not ("LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1):
         return main()
     try:
         code = main()
-    except SystemExit as e:
+    except SystemExit as e:  # as the interpreter would treat it
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    except BaseException:  # what the interpreter would print before exiting
+    except BaseException:
         import traceback
 
         traceback.print_exc()
         code = 1
-    _end_worker(code)
+    from .distributed import end_worker
+
+    end_worker(code)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Rank 0 alone logs and writes checkpoints.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -119,3 +121,26 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_worker(code: int = 0) -> NoReturn:
+    """End a torchrun worker whose work is done and saved: flush the logs and streams and leave
+    through ``os._exit``, without the interpreter's finalization. ``fusion``'s workers end so; end
+    your own torchrun script so too, after its last collective and :func:`shutdown`.
+
+    ``destroy_process_group`` does not stop gloo's worker threads while anything still holds the
+    process group, and torch's own caches do (DTensor's sharding propagation and FSDP's meshes,
+    until the interpreter exits). A thread that drops a finished collective's last reference to a
+    tensor Python also holds must take the GIL; if the interpreter is finalizing by then, the
+    process aborts ("terminate called without an active exception", SIGABRT, after every file
+    was written; pytorch/pytorch#190489): 2 of 83 two-process FSDP runs on a busy two-core CPU.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
