@@ -105,7 +105,7 @@ def test_a_torchrun_worker_ends_without_finalization(monkeypatch, outcome, code)
     """A worker (LOCAL_RANK set, WORLD_SIZE > 1) leaves through os._exit with its command's exit
     code, its streams flushed (gloo's threads can abort a finalizing interpreter); a single
     process returns the code as usual."""
-    import fusion_core.engine.cli as cli
+    from fusion_core.engine import cli
 
     def fake_main():
         if isinstance(outcome, BaseException):

@@ -408,7 +408,7 @@ def entry() -> int:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 -- reported as the interpreter would
         import traceback
 
         traceback.print_exc()

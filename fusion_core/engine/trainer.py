@@ -218,7 +218,7 @@ class Trainer:
             return args
         clamped = max(args.steps // 10, 1 if args.optim.warmup else 0)
         msg = (f"train.optim.warmup={args.optim.warmup} is longer than half the run (train.steps={args.steps}): "
-               f"warming up over {clamped} steps instead, so the run reaches its learning rate")
+               f"warming up over {clamped} step{'s' * (clamped != 1)} instead, so the run reaches its learning rate")
         warnings.warn(msg, UserWarning, stacklevel=3)
         return dataclasses.replace(args, optim=dataclasses.replace(args.optim, warmup=clamped))
 
