@@ -88,7 +88,7 @@ def test_sample_takes_an_exported_model_folder_and_never_writes_into_it(tmp_path
 
 
 class _Exited(Exception):
-    pass
+    """Raised in place of os._exit, carrying the exit code."""
 
 
 class _Stream(io.StringIO):

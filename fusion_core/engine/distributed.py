@@ -136,11 +136,10 @@ def end_worker(code: int = 0) -> NoReturn:
     was written; pytorch/pytorch#190489): 2 of 83 two-process FSDP runs on a busy two-core CPU.
     """
     import logging
+    from contextlib import suppress
 
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with suppress(OSError, ValueError):  # a closed or broken stream has nothing left to flush
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(code)
