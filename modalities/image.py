@@ -18,82 +18,19 @@ Shapes: n images, C channels, H x W pixels, h x w patch grid, D width, c U-Net c
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from fusion_core.adapter import Adapter, Embedded
 from fusion_core.embeddings import TimestepEmbedding
 
+from .unet import UNetDown, UNetUp, unet_levels
+
 DESIGNS = ("linear", "unet")
-
-
-class ResBlock(nn.Module):
-    """GroupNorm → SiLU → conv, timestep scale/shift, GroupNorm → SiLU → conv, plus skip."""
-
-    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int = 8):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(c_in, groups), c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.t_proj = nn.Linear(t_dim, 2 * c_out)
-        self.norm2 = nn.GroupNorm(_groups(c_out, groups), c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.t_proj(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv2(F.silu(h))
-
-
-def _groups(c: int, groups: int) -> int:
-    return math.gcd(c, groups)
-
-
-class UNetDown(nn.Module):
-    """``(n, C, H, W)`` → patch-grid features ``(n, c_last, h, w)`` and the skips for the up path."""
-
-    def __init__(self, in_ch: int, channels: Sequence[int], t_dim: int):
-        super().__init__()
-        self.conv_in = nn.Conv2d(in_ch, channels[0], 3, padding=1)
-        self.blocks = nn.ModuleList(ResBlock(channels[i], channels[i], t_dim) for i in range(len(channels)))
-        self.downs = nn.ModuleList(nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1)
-                                   for i in range(len(channels) - 1))
-
-    def forward(self, x: Tensor, temb: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h = self.conv_in(x)
-        skips = []
-        for i, block in enumerate(self.blocks):
-            h = block(h, temb)
-            skips.append(h)
-            if i < len(self.downs):
-                h = self.downs[i](h)
-        return h, skips
-
-
-class UNetUp(nn.Module):
-    """Patch-grid features + skips → ``(n, C, H, W)``."""
-
-    def __init__(self, out_ch: int, channels: Sequence[int], t_dim: int):
-        super().__init__()
-        n = len(channels)
-        self.blocks = nn.ModuleList(ResBlock(2 * channels[i], channels[i], t_dim) for i in range(n))
-        self.ups = nn.ModuleList(nn.Conv2d(channels[i + 1], channels[i], 3, padding=1) for i in range(n - 1))
-        self.norm_out = nn.GroupNorm(_groups(channels[0], 8), channels[0])
-        self.conv_out = nn.Conv2d(channels[0], out_ch, 3, padding=1)
-
-    def forward(self, h: Tensor, skips: list[Tensor], temb: Tensor) -> Tensor:
-        for i in reversed(range(len(self.blocks))):
-            h = self.blocks[i](torch.cat([h, skips[i]], dim=1), temb)
-            if i > 0:
-                h = self.ups[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class ImageAdapter(Adapter):
@@ -150,12 +87,7 @@ class ImageAdapter(Adapter):
             self.patch_out = nn.Linear(dim, C * p * p)
             self.norm_out = nn.LayerNorm(dim)
         else:
-            levels = int(round(math.log2(p)))
-            if 2**levels != p:
-                raise ValueError(f"design='unet' needs a power-of-two patch_size, got {p}")
-            if len(unet_channels) < levels + 1:
-                raise ValueError(f"patch_size {p} needs {levels + 1} unet_channels, got {list(unet_channels)}")
-            chans = list(unet_channels[: levels + 1])
+            chans = unet_levels(p, unet_channels)
             self.down = UNetDown(C, chans, dim)
             self.up = UNetUp(C, chans, dim)
             self.to_tokens = nn.Linear(chans[-1], dim)

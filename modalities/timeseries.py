@@ -27,6 +27,11 @@ cross every block of the backbone. Measured on text_timeseries (#28, docs/result
 with it, the gains stay near 0 where that path would need 5-12 — the backbone already carries
 the pointwise part — so it is off by default and kept to rerun that measurement.
 
+With ``design="unet"`` a window enters through 1-D U-Net down blocks (``log2 k`` halvings to the
+patch grid) and leaves through up blocks with skips from the down path (Transfusion's image entry
+and exit, sec. 3.2, applied along time; :mod:`fusion_core.modalities.unet`): the exit sees the
+noisy window at full resolution, so the values inside a patch are not all drawn from one vector.
+
 Shapes: n windows, T steps, F features, k steps per patch, D width.
 """
 
@@ -43,6 +48,8 @@ from torch import Tensor, nn
 from fusion_core.adapter import Adapter, Embedded
 from fusion_core.embeddings import TimestepEmbedding, sinusoidal
 
+from .unet import UNetDown, UNetUp, unet_levels
+
 WINDOW_STD_FLOOR = 1e-3  # window_input: payload units (minmax: [-1, 1]); the last diffusion step's noise is ~6e-3
 
 
@@ -52,6 +59,7 @@ class UnderfitWarning(UserWarning):
 
 SCALINGS = ("minmax", "standard", "none")
 TIMESTEP_MODES = ("token", "add", "adaln")
+DESIGNS = ("linear", "unet")
 
 
 def duplicate_sources(x: np.ndarray) -> np.ndarray:
@@ -68,11 +76,15 @@ def duplicate_sources(x: np.ndarray) -> np.ndarray:
 
 
 class SeriesContext(NamedTuple):
-    """What :meth:`TimeSeriesAdapter.embed` hands its head: positions per window, and the
-    ``input_skip`` term ``(positions, k F)`` (``None`` without it)."""
+    """What :meth:`TimeSeriesAdapter.embed` hands its head: positions per window, the
+    ``input_skip`` term ``(positions, k F)`` (``None`` without it), and for ``design="unet"`` the
+    step embeddings ``(n, D)`` with the down path's skips per window length
+    (``{positions: (window indices, skips)}``)."""
 
     lengths: list[int]
     skip: Tensor | None
+    temb: Tensor | None = None
+    unet: dict[int, tuple[list[int], list[Tensor]]] | None = None
 
 
 class TimeSeriesAdapter(Adapter):
@@ -93,10 +105,13 @@ class TimeSeriesAdapter(Adapter):
             module docstring); the input layer then takes twice the values.
         input_skip: add a step-dependent pointwise gain on the noisy input to the prediction (see
             the module docstring).
+        design: ``"linear"`` (one linear layer per position in and out) or ``"unet"`` (1-D U-Net
+            down blocks in, up blocks out; ``patch`` a power of two).
+        unet_channels: the U-Net's widths per level, finest first; ``log2(patch) + 1`` are used.
 
     Raises:
-        ValueError: an unknown scaling or timestep mode; ``features`` or ``patch`` not a
-            positive int.
+        ValueError: an unknown scaling, timestep mode or design; ``features`` or ``patch`` not a
+            positive int; for ``"unet"`` a patch that is not a power of two or too few widths.
     """
 
     kind = "continuous"
@@ -105,7 +120,8 @@ class TimeSeriesAdapter(Adapter):
 
     def __init__(self, dim: int, features: int, patch: int = 1, scaling: str = "minmax",
                  timestep: str = "token", name: str = "timeseries", tie_duplicates: bool = True,
-                 window_input: bool = False, input_skip: bool = False):
+                 window_input: bool = False, input_skip: bool = False, design: str = "linear",
+                 unet_channels: Sequence[int] = (32, 64, 128)):
         super().__init__(dim)
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
@@ -115,7 +131,9 @@ class TimeSeriesAdapter(Adapter):
             raise ValueError(f"features must be a positive int, got {features!r}")
         if not isinstance(patch, int) or patch < 1:
             raise ValueError(f"patch must be a positive int, got {patch!r}")
-        if features * patch > dim:
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+        if design == "linear" and features * patch > dim:
             warnings.warn(
                 f"time-series adapter {name!r}: a position holds patch x features = {patch} x {features} = "
                 f"{patch * features} values but the model is {dim} wide, so each position's prediction lies in "
@@ -126,8 +144,17 @@ class TimeSeriesAdapter(Adapter):
         self.name, self.features, self.patch = name, features, patch
         self.scaling, self.timestep, self.tie_duplicates = scaling, timestep, tie_duplicates
         self.window_input = bool(window_input)
-        self.inp = nn.Linear(features * patch * (2 if self.window_input else 1), dim)
-        self.out = nn.Linear(dim, features * patch)
+        self.design, self.unet_channels = design, tuple(unet_channels)
+        in_values = features * (2 if self.window_input else 1)
+        if design == "linear":
+            self.inp = nn.Linear(in_values * patch, dim)
+            self.out = nn.Linear(dim, features * patch)
+        else:
+            chans = unet_levels(patch, unet_channels)
+            self.down = UNetDown(in_values, chans, dim, dims=1)
+            self.up = UNetUp(features, chans, dim, dims=1)
+            self.to_tokens = nn.Linear(chans[-1], dim)
+            self.from_tokens = nn.Linear(dim, chans[-1])
         self.t_embed = TimestepEmbedding(dim)
         self.input_skip = bool(input_skip)
         if self.input_skip:
@@ -261,18 +288,38 @@ class TimeSeriesAdapter(Adapter):
         z = centred * torch.rsqrt(centred.square().mean(dim=-2, keepdim=True) + WINDOW_STD_FLOOR ** 2)
         return torch.cat([x, z], dim=-1).to(payload.dtype)
 
+    def _entry(self, stacked: Tensor, temb: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+        """Windows of one length ``(b, T, F)`` → position vectors ``(b, n, D)``, and the down
+        path's skips for :meth:`_exit` (``None`` for the linear design)."""
+        x = self._inputs(stacked).to(temb.dtype)
+        if self.design == "linear":
+            return self.inp(rearrange(x, "b (n k) f -> b n (k f)", k=self.patch)), None
+        feats, skips = self.down(rearrange(x, "b t f -> b f t"), temb)  # b c n
+        return self.to_tokens(rearrange(feats, "b c n -> b n c")), skips
+
+    def _exit(self, seq: Tensor, skips: list[Tensor] | None, temb: Tensor) -> Tensor:
+        """Position vectors ``(b, n, D)`` → predictions ``(b, n, k F)``."""
+        if self.design == "linear":
+            return self.out(seq)
+        y = self.up(rearrange(self.from_tokens(seq), "b n c -> b c n"), skips, temb)  # b F T
+        return rearrange(y, "b f (n k) -> b n (k f)", k=self.patch)
+
     def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
         if t is None:
             raise ValueError("time-series embed needs the diffusion step t")
-        device, dtype = self.inp.weight.device, self.inp.weight.dtype
+        ref = self.t_embed.mlp[0].weight
+        device, dtype = ref.device, ref.dtype
         lengths = [p.shape[0] // self.patch for p in payloads]
         temb = self.t_embed(t.to(device))  # n D
         gain = self.skip_gain(temb) if self.input_skip else None  # n (k F)
+        unet = {} if self.design == "unet" else None
         if len(set(lengths)) == 1:  # all windows alike: one batched pass
             n = lengths[0]
             stacked = torch.stack(list(payloads)).to(device)
-            x = rearrange(self._inputs(stacked).to(dtype), "b (n k) f -> b n (k f)", k=self.patch)
-            tok = self.inp(x) + sinusoidal(torch.arange(n, device=device), self.dim).to(dtype)  # b n D
+            tok, skips = self._entry(stacked, temb.to(dtype))
+            if unet is not None:
+                unet[n] = (list(range(len(payloads))), skips)
+            tok = tok + sinusoidal(torch.arange(n, device=device), self.dim).to(dtype)  # b n D
             cond = None
             if self.timestep == "token":
                 tok = torch.cat([temb[:, None], tok], dim=1)
@@ -284,11 +331,15 @@ class TimeSeriesAdapter(Adapter):
             if gain is not None:
                 raw = rearrange(stacked, "b (n k) f -> b n (k f)", k=self.patch)
                 skip = (gain[:, None] * raw).reshape(-1, gain.shape[-1])
-            return Embedded(tok.reshape(-1, self.dim), cond=cond, context=SeriesContext(lengths, skip))
-        x = torch.cat([rearrange(self._inputs(p.to(device)).to(dtype), "(n k) f -> n (k f)", k=self.patch)
-                       for p in payloads])
-        pos = torch.cat([sinusoidal(torch.arange(n, device=device), self.dim) for n in lengths]).to(dtype)
-        per = list((self.inp(x) + pos).split(lengths))  # each n_i D
+            return Embedded(tok.reshape(-1, self.dim), cond=cond, context=SeriesContext(lengths, skip, temb, unet))
+        per: list[Tensor] = [None] * len(payloads)  # each n_i D
+        for n, idx in _group_by_length(lengths).items():
+            tok, skips = self._entry(torch.stack([payloads[i] for i in idx]).to(device), temb[idx].to(dtype))
+            if unet is not None:
+                unet[n] = (idx, skips)
+            tok = tok + sinusoidal(torch.arange(n, device=device), self.dim).to(dtype)
+            for j, i in enumerate(idx):
+                per[i] = tok[j]
         cond = None
         if self.timestep == "token":
             per = [torch.cat([temb[i : i + 1], seq]) for i, seq in enumerate(per)]
@@ -300,19 +351,33 @@ class TimeSeriesAdapter(Adapter):
         if gain is not None:
             skip = torch.cat([gain[i] * rearrange(p.to(device), "(n k) f -> n (k f)", k=self.patch)
                               for i, p in enumerate(payloads)])
-        return Embedded(torch.cat(per), cond=cond, context=SeriesContext(lengths, skip))
+        return Embedded(torch.cat(per), cond=cond, context=SeriesContext(lengths, skip, temb, unet))
 
     def head(self, hidden: Tensor, embedded: Embedded) -> list[Tensor]:
-        lengths, skip = embedded.context
+        lengths, skip, temb, unet = embedded.context
         extra = 1 if self.timestep == "token" else 0
         if len(set(lengths)) == 1:
             seq = hidden.view(len(lengths), lengths[0] + extra, -1)[:, extra:]
-            out = self.out(seq)
+            out = self._exit(seq, unet[lengths[0]][1] if unet else None, temb.to(seq.dtype) if unet else None)
             if skip is not None:
                 out = out + skip.view_as(out).to(out.dtype)
             return list(rearrange(out, "b n (k f) -> b (n k) f", k=self.patch))
-        per = hidden.split([n + extra for n in lengths])
-        skips = skip.split(lengths) if skip is not None else [None] * len(lengths)
-        outs = [self.out(seq[extra:]) if sk is None else self.out(seq[extra:]) + sk.to(seq.dtype)
-                for seq, sk in zip(per, skips)]
+        per = [seq[extra:] for seq in hidden.split([n + extra for n in lengths])]
+        outs: list[Tensor] = [None] * len(lengths)  # each n_i (k F)
+        for n, idx in _group_by_length(lengths).items():
+            skips = unet[n][1] if unet else None
+            y = self._exit(torch.stack([per[i] for i in idx]), skips,
+                           temb[idx].to(hidden.dtype) if unet else None)
+            for j, i in enumerate(idx):
+                outs[i] = y[j]
+        if skip is not None:
+            outs = [o + sk.to(o.dtype) for o, sk in zip(outs, skip.split(lengths))]
         return [rearrange(o, "n (k f) -> (n k) f", k=self.patch) for o in outs]
+
+
+def _group_by_length(lengths: Sequence[int]) -> dict[int, list[int]]:
+    """``{positions: indices of the windows with that many}``, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return groups

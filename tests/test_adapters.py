@@ -57,11 +57,11 @@ class TestImageRGBSignedRange(AdapterConformance):
 
 
 class TestTimeSeriesTokenStep(AdapterConformance):
-    features, patch, timestep, scaling = 3, 1, "token", "minmax"
+    features, patch, timestep, scaling, design = 3, 1, "token", "minmax", "linear"
 
     def make_adapter(self, dim):
         a = TimeSeriesAdapter(dim, self.features, patch=self.patch, timestep=self.timestep,
-                              scaling=self.scaling)
+                              scaling=self.scaling, design=self.design, unet_channels=(8, 16, 16))
         return a.fit(np.random.default_rng(0).normal(5, 3, size=(200, self.features)))
 
     def make_raw(self, index):
@@ -80,6 +80,14 @@ class TestTimeSeriesPatchedAdd(TestTimeSeriesTokenStep):
 
 class TestTimeSeriesAdaLN(TestTimeSeriesTokenStep):
     features, patch, timestep, scaling = 1, 2, "adaln", "minmax"  # one feature must work
+
+
+class TestTimeSeriesUNetAdaLN(TestTimeSeriesTokenStep):
+    features, patch, timestep, scaling, design = 2, 4, "adaln", "minmax", "unet"
+
+
+class TestTimeSeriesUNetToken(TestTimeSeriesTokenStep):
+    features, patch, timestep, scaling, design = 3, 1, "token", "standard", "unet"  # one level: no halving
 
 
 # -- registration ---------------------------------------------------------------------------------

@@ -664,6 +664,50 @@ def test_input_skip_adds_a_step_dependent_gain_on_the_noisy_input_and_starts_at_
     assert back.input_skip and torch.equal(back.skip_gain.weight, a.skip_gain.weight)
 
 
+def test_the_unet_design_runs_the_image_blocks_along_time_and_reaches_the_adapter_from_the_config(tmp_path):
+    """``design="unet"``: the 1-D blocks equal the 2-D ones on an image one row high (the middle
+    row of each 3x3 kernel, weights copied); the recipe's ``model.design`` / ``model.unet_channels``
+    reach the adapter, bad values are refused naming the key, and a saved model reloads to the same
+    predictions."""
+    from fusion_core.model import FusionModel
+    from fusion_core.modalities.unet import ResBlock, UNetDown
+
+    torch.manual_seed(0)
+    for c_in, one, two in ((4, ResBlock(4, 8, 16, dims=1), ResBlock(4, 8, 16, dims=2)),
+                           (3, UNetDown(3, [8, 16], 16, dims=1), UNetDown(3, [8, 16], 16, dims=2))):
+        one.load_state_dict({k: v[:, :, v.shape[2] // 2] if v.ndim == 4 else v for k, v in two.state_dict().items()})
+        x, temb = torch.randn(2, c_in, 12), torch.randn(2, 16)  # n c L
+        a, b = one(x, temb), two(x[:, :, None], temb)  # the image: n c 1 L
+        if isinstance(one, UNetDown):  # (features on the patch grid, skips)
+            a, b = [a[0], *a[1]], [b[0], *b[1]]
+        else:
+            a, b = [a], [b]
+        for p, q in zip(a, b, strict=True):
+            torch.testing.assert_close(p, q[:, :, 0])
+
+    recipe = get_recipe("timeseries")
+    m = to_object(recipe.load_config("tiny", overrides=["model.design=unet", "model.patch=4",
+                                                        "model.unet_channels=[8,16,16,32]"])).model
+    assert (m.design, list(m.unet_channels)) == ("unet", [8, 16, 16, 32])
+    with pytest.raises(ValueError, match=r"model.design=unet: .*power-of-two patch, got 3.*model.patch"):
+        recipe.load_config("tiny", overrides=["model.design=unet", "model.patch=3"])
+    with pytest.raises(ValueError, match=r"a patch of 8 needs 4 unet_channels"):
+        recipe.load_config("tiny", overrides=["model.design=unet", "model.patch=8", "model.unet_channels=[8,16]"])
+    with pytest.raises(ValueError, match=r"model.design.*'linear', 'unet'"):
+        recipe.load_config("tiny", overrides=["model.design=conv"])
+    from fusion_core.recipes.timeseries.train import series_model
+
+    model = series_model(m, 2)
+    ad = model.adapters["timeseries"].fit(np.random.default_rng(0).normal(size=(100, 2)))
+    assert ad.design == "unet" and ad.unet_channels == (8, 16, 16, 32) and len(ad.up.blocks) == 3
+    model.save_pretrained(tmp_path / "m")
+    back = FusionModel.from_pretrained(tmp_path / "m").adapters["timeseries"]
+    xs, t = [torch.randn(16, 2), torch.randn(8, 2)], torch.tensor([3, 700])
+    e1, e2 = ad.eval().embed(xs, t), back.eval().embed(xs, t)
+    h = torch.randn(len(e1.tokens), m.dim)
+    assert all(torch.equal(p, q) for p, q in zip(ad.head(h, e1), back.head(h, e2)))
+
+
 def test_the_feature_discriminative_score_is_near_zero_for_one_distribution_and_half_for_two():
     """#27: the second discriminative method against closed cases: two draws of one distribution
     score near 0, a shift of the level or of the roughness scores near 0.5, and each of its

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from fusion_core.diffusion import PREDICTIONS, SCHEDULES, T_SAMPLINGS, WEIGHTINGS, GaussianDiffusion
 from fusion_core.engine.config import check_at_least, check_choice
 from fusion_core.generation import SampleArgs
-from fusion_core.modalities.timeseries import SCALINGS, TIMESTEP_MODES
+from fusion_core.modalities.timeseries import DESIGNS, SCALINGS, TIMESTEP_MODES
+from fusion_core.modalities.unet import unet_levels
 from fusion_core.engine.trainer import OptimArgs, TrainArgs
 from fusion_core.transformer import TransformerArgs
 from fusion_core.validation import check_finite_number
@@ -95,11 +96,22 @@ class TSModelArgs(TransformerArgs):
     # a pointwise, step-dependent gain on the noisy input added to the prediction (zero at init): the
     # fine detail a low-noise prediction must return need not cross the backbone (#28)
     input_skip: bool = False
+    # how a window enters and leaves the backbone: one linear layer per position, or 1-D U-Net down
+    # blocks in and up blocks out with full-resolution skips (Transfusion's image design along time;
+    # patch a power of two, log2(patch) + 1 of unet_channels used, finest first)
+    design: str = "linear"
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
 
     def __post_init__(self):
         super().__post_init__()
         check_at_least(self, 1, "patch", "T")
         check_choice("model.timestep", self.timestep, TIMESTEP_MODES)
+        check_choice("model.design", self.design, DESIGNS)
+        if self.design == "unet":
+            try:
+                unet_levels(self.patch, self.unet_channels)
+            except ValueError as e:
+                raise ValueError(f"model.design=unet: {e} (model.patch, model.unet_channels)") from None
         check_choice("model.scaling", self.scaling, SCALINGS)
         check_choice("model.prediction", self.prediction, PREDICTIONS)
         check_choice("model.schedule", self.schedule, SCHEDULES)
