@@ -108,6 +108,10 @@ class TimeSeriesAdapter(Adapter):
         design: ``"linear"`` (one linear layer per position in and out) or ``"unet"`` (1-D U-Net
             down blocks in, up blocks out; ``patch`` a power of two).
         unet_channels: the U-Net's widths per level, finest first; ``log2(patch) + 1`` are used.
+        unet_linear_entry: with ``"unet"``, also add the linear design's patch embedding to each
+            position (the values reach the backbone as in the linear design).
+        unet_linear_exit: with ``"unet"``, also add the linear design's output layer to the up
+            path's prediction.
 
     Raises:
         ValueError: an unknown scaling, timestep mode or design; ``features`` or ``patch`` not a
@@ -121,7 +125,8 @@ class TimeSeriesAdapter(Adapter):
     def __init__(self, dim: int, features: int, patch: int = 1, scaling: str = "minmax",
                  timestep: str = "token", name: str = "timeseries", tie_duplicates: bool = True,
                  window_input: bool = False, input_skip: bool = False, design: str = "linear",
-                 unet_channels: Sequence[int] = (32, 64, 128)):
+                 unet_channels: Sequence[int] = (32, 64, 128), unet_linear_entry: bool = False,
+                 unet_linear_exit: bool = False):
         super().__init__(dim)
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
@@ -145,6 +150,7 @@ class TimeSeriesAdapter(Adapter):
         self.scaling, self.timestep, self.tie_duplicates = scaling, timestep, tie_duplicates
         self.window_input = bool(window_input)
         self.design, self.unet_channels = design, tuple(unet_channels)
+        self.unet_linear_entry, self.unet_linear_exit = bool(unet_linear_entry), bool(unet_linear_exit)
         in_values = features * (2 if self.window_input else 1)
         if design == "linear":
             self.inp = nn.Linear(in_values * patch, dim)
@@ -154,6 +160,10 @@ class TimeSeriesAdapter(Adapter):
             self.down = UNetDown(in_values, chans, dim, dims=1)
             self.up = UNetUp(features, chans, dim, dims=1)
             self.to_tokens = nn.Linear(chans[-1], dim)
+            if self.unet_linear_entry:
+                self.inp = nn.Linear(in_values * patch, dim)
+            if self.unet_linear_exit:
+                self.out = nn.Linear(dim, features * patch)
             self.from_tokens = nn.Linear(dim, chans[-1])
         self.t_embed = TimestepEmbedding(dim)
         self.input_skip = bool(input_skip)
@@ -295,14 +305,18 @@ class TimeSeriesAdapter(Adapter):
         if self.design == "linear":
             return self.inp(rearrange(x, "b (n k) f -> b n (k f)", k=self.patch)), None
         feats, skips = self.down(rearrange(x, "b t f -> b f t"), temb)  # b c n
-        return self.to_tokens(rearrange(feats, "b c n -> b n c")), skips
+        tok = self.to_tokens(rearrange(feats, "b c n -> b n c"))
+        if self.unet_linear_entry:
+            tok = tok + self.inp(rearrange(x, "b (n k) f -> b n (k f)", k=self.patch))
+        return tok, skips
 
     def _exit(self, seq: Tensor, skips: list[Tensor] | None, temb: Tensor) -> Tensor:
         """Position vectors ``(b, n, D)`` → predictions ``(b, n, k F)``."""
         if self.design == "linear":
             return self.out(seq)
         y = self.up(rearrange(self.from_tokens(seq), "b n c -> b c n"), skips, temb)  # b F T
-        return rearrange(y, "b f (n k) -> b n (k f)", k=self.patch)
+        y = rearrange(y, "b f (n k) -> b n (k f)", k=self.patch)
+        return y + self.out(seq) if self.unet_linear_exit else y
 
     def embed(self, payloads: Sequence[Tensor], t: Tensor | None = None) -> Embedded:
         if t is None:

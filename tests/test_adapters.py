@@ -86,6 +86,15 @@ class TestTimeSeriesUNetAdaLN(TestTimeSeriesTokenStep):
     features, patch, timestep, scaling, design = 2, 4, "adaln", "minmax", "unet"
 
 
+class TestTimeSeriesUNetLinearEntry(TestTimeSeriesTokenStep):
+    features, patch, timestep, scaling, design = 2, 2, "add", "minmax", "unet"
+
+    def make_adapter(self, dim):
+        a = TimeSeriesAdapter(dim, self.features, patch=self.patch, timestep=self.timestep, design="unet",
+                              unet_channels=(8, 16), unet_linear_entry=True, unet_linear_exit=True)
+        return a.fit(np.random.default_rng(0).normal(5, 3, size=(200, self.features)))
+
+
 class TestTimeSeriesUNetToken(TestTimeSeriesTokenStep):
     features, patch, timestep, scaling, design = 3, 1, "token", "standard", "unet"  # one level: no halving
 

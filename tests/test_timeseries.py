@@ -687,7 +687,9 @@ def test_the_unet_design_runs_the_image_blocks_along_time_and_reaches_the_adapte
 
     recipe = get_recipe("timeseries")
     m = to_object(recipe.load_config("tiny", overrides=["model.design=unet", "model.patch=4",
-                                                        "model.unet_channels=[8,16,16,32]"])).model
+                                                        "model.unet_channels=[8,16,16,32]",
+                                                        "model.unet_linear_entry=true",
+                                                        "model.unet_linear_exit=true"])).model
     assert (m.design, list(m.unet_channels)) == ("unet", [8, 16, 16, 32])
     with pytest.raises(ValueError, match=r"model.design=unet: .*power-of-two patch, got 3.*model.patch"):
         recipe.load_config("tiny", overrides=["model.design=unet", "model.patch=3"])
@@ -700,6 +702,7 @@ def test_the_unet_design_runs_the_image_blocks_along_time_and_reaches_the_adapte
     model = series_model(m, 2)
     ad = model.adapters["timeseries"].fit(np.random.default_rng(0).normal(size=(100, 2)))
     assert ad.design == "unet" and ad.unet_channels == (8, 16, 16, 32) and len(ad.up.blocks) == 3
+    assert ad.inp.in_features == 4 * 2 and ad.out.out_features == 4 * 2  # the linear entry and exit beside it
     model.save_pretrained(tmp_path / "m")
     back = FusionModel.from_pretrained(tmp_path / "m").adapters["timeseries"]
     xs, t = [torch.randn(16, 2), torch.randn(8, 2)], torch.tensor([3, 700])

@@ -101,6 +101,8 @@ class TSModelArgs(TransformerArgs):
     # patch a power of two, log2(patch) + 1 of unet_channels used, finest first)
     design: str = "linear"
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    unet_linear_entry: bool = False  # with design=unet, the linear patch embedding added to each position too
+    unet_linear_exit: bool = False  # with design=unet, the linear output layer added to the up path's prediction
 
     def __post_init__(self):
         super().__post_init__()

@@ -49,7 +49,8 @@ def series_model(m: TSModelArgs, features: int, others: Sequence[Adapter] = (), 
     with series builds through it, so no ``model.*`` key is read by one recipe and dropped by another."""
     adapter = TimeSeriesAdapter(m.dim, features, patch=m.patch, scaling=m.scaling, timestep=m.timestep,
                                 name=MODALITY, tie_duplicates=m.tie_duplicates, window_input=m.window_input,
-                                input_skip=m.input_skip, design=m.design, unet_channels=tuple(m.unet_channels))
+                                input_skip=m.input_skip, design=m.design, unet_channels=tuple(m.unet_channels),
+                                unet_linear_entry=m.unet_linear_entry, unet_linear_exit=m.unet_linear_exit)
     cond_dim = m.dim if m.timestep == "adaln" and not m.cond_dim else m.cond_dim
     return FusionModel(backbone_args(m, cond_dim=cond_dim), [*others, adapter],
                        diffusion=GaussianDiffusion.from_args(m),
