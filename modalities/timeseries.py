@@ -78,13 +78,12 @@ def duplicate_sources(x: np.ndarray) -> np.ndarray:
 class SeriesContext(NamedTuple):
     """What :meth:`TimeSeriesAdapter.embed` hands its head: positions per window, the
     ``input_skip`` term ``(positions, k F)`` (``None`` without it), and for ``design="unet"`` the
-    step embeddings ``(n, D)`` with the down path's skips per window length
-    (``{positions: (window indices, skips)}``)."""
+    step embeddings ``(n, D)`` and the down path's skips per window length (``{positions: skips}``)."""
 
     lengths: list[int]
     skip: Tensor | None
     temb: Tensor | None = None
-    unet: dict[int, tuple[list[int], list[Tensor]]] | None = None
+    unet: dict[int, list[Tensor]] | None = None
 
 
 class TimeSeriesAdapter(Adapter):
@@ -332,7 +331,7 @@ class TimeSeriesAdapter(Adapter):
             stacked = torch.stack(list(payloads)).to(device)
             tok, skips = self._entry(stacked, temb.to(dtype))
             if unet is not None:
-                unet[n] = (list(range(len(payloads))), skips)
+                unet[n] = skips
             tok = tok + sinusoidal(torch.arange(n, device=device), self.dim).to(dtype)  # b n D
             cond = None
             if self.timestep == "token":
@@ -350,7 +349,7 @@ class TimeSeriesAdapter(Adapter):
         for n, idx in _group_by_length(lengths).items():
             tok, skips = self._entry(torch.stack([payloads[i] for i in idx]).to(device), temb[idx].to(dtype))
             if unet is not None:
-                unet[n] = (idx, skips)
+                unet[n] = skips
             tok = tok + sinusoidal(torch.arange(n, device=device), self.dim).to(dtype)
             for j, i in enumerate(idx):
                 per[i] = tok[j]
@@ -372,15 +371,14 @@ class TimeSeriesAdapter(Adapter):
         extra = 1 if self.timestep == "token" else 0
         if len(set(lengths)) == 1:
             seq = hidden.view(len(lengths), lengths[0] + extra, -1)[:, extra:]
-            out = self._exit(seq, unet[lengths[0]][1] if unet else None, temb.to(seq.dtype) if unet else None)
+            out = self._exit(seq, unet[lengths[0]] if unet else None, temb.to(seq.dtype) if unet else None)
             if skip is not None:
                 out = out + skip.view_as(out).to(out.dtype)
             return list(rearrange(out, "b n (k f) -> b (n k) f", k=self.patch))
         per = [seq[extra:] for seq in hidden.split([n + extra for n in lengths])]
         outs: list[Tensor] = [None] * len(lengths)  # each n_i (k F)
         for n, idx in _group_by_length(lengths).items():
-            skips = unet[n][1] if unet else None
-            y = self._exit(torch.stack([per[i] for i in idx]), skips,
+            y = self._exit(torch.stack([per[i] for i in idx]), unet[n] if unet else None,
                            temb[idx].to(hidden.dtype) if unet else None)
             for j, i in enumerate(idx):
                 outs[i] = y[j]
