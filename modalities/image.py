@@ -28,9 +28,7 @@ from torch import Tensor, nn
 from fusion_core.adapter import Adapter, Embedded
 from fusion_core.embeddings import TimestepEmbedding
 
-from .unet import UNetDown, UNetUp, unet_levels
-
-DESIGNS = ("linear", "unet")
+from .unet import DESIGNS, UNetDown, UNetUp, unet_levels
 
 
 class ImageAdapter(Adapter):

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from fusion_core.adapter import Adapter, Embedded
 from fusion_core.embeddings import TimestepEmbedding, sinusoidal
 
-from .unet import UNetDown, UNetUp, unet_levels
+from .unet import DESIGNS, UNetDown, UNetUp, unet_levels
 
 WINDOW_STD_FLOOR = 1e-3  # window_input: payload units (minmax: [-1, 1]); the last diffusion step's noise is ~6e-3
 
@@ -59,7 +59,6 @@ class UnderfitWarning(UserWarning):
 
 SCALINGS = ("minmax", "standard", "none")
 TIMESTEP_MODES = ("token", "add", "adaln")
-DESIGNS = ("linear", "unet")
 
 
 def duplicate_sources(x: np.ndarray) -> np.ndarray:
@@ -137,6 +136,8 @@ class TimeSeriesAdapter(Adapter):
             raise ValueError(f"patch must be a positive int, got {patch!r}")
         if design not in DESIGNS:
             raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+        if design != "unet" and (unet_linear_entry or unet_linear_exit):
+            raise ValueError("unet_linear_entry / unet_linear_exit add layers beside the U-Net: they need design='unet'")
         if design == "linear" and features * patch > dim:
             warnings.warn(
                 f"time-series adapter {name!r}: a position holds patch x features = {patch} x {features} = "

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+DESIGNS = ("linear", "unet")  # how a continuous modality enters and leaves the backbone
+
 
 def _conv(dims: int) -> type[nn.Module]:
     if dims not in (1, 2):

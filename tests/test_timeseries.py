@@ -697,6 +697,8 @@ def test_the_unet_design_runs_the_image_blocks_along_time_and_reaches_the_adapte
         recipe.load_config("tiny", overrides=["model.design=unet", "model.patch=8", "model.unet_channels=[8,16]"])
     with pytest.raises(ValueError, match=r"model.design.*'linear', 'unet'"):
         recipe.load_config("tiny", overrides=["model.design=conv"])
+    with pytest.raises(ValueError, match=r"need model.design=unet, got model.design=linear"):
+        recipe.load_config("tiny", overrides=["model.unet_linear_exit=true"])
     from fusion_core.recipes.timeseries.train import series_model
 
     model = series_model(m, 2)

@@ -114,6 +114,9 @@ class TSModelArgs(TransformerArgs):
                 unet_levels(self.patch, self.unet_channels)
             except ValueError as e:
                 raise ValueError(f"model.design=unet: {e} (model.patch, model.unet_channels)") from None
+        elif self.unet_linear_entry or self.unet_linear_exit:
+            raise ValueError("model.unet_linear_entry / model.unet_linear_exit add layers beside the U-Net: "
+                             f"they need model.design=unet, got model.design={self.design}")
         check_choice("model.scaling", self.scaling, SCALINGS)
         check_choice("model.prediction", self.prediction, PREDICTIONS)
         check_choice("model.schedule", self.schedule, SCHEDULES)
